@@ -1,0 +1,54 @@
+"""amldbg: drop-in remote debugging, logging and metrics hooks for Azure Machine Learning scripts.
+
+Three lines make a training or pipeline-step script debuggable from VS Code::
+
+    import amldbg
+    amldbg.add_args(parser)                 # --remote_debug and friends
+    amldbg.enable_remote_debug(args)        # no-op unless --remote_debug was given
+
+Importing this package is cheap: the public names below are re-exported from their modules
+on first use, and debugpy, azureml-core and the Application Insights exporters are imported
+only by the features that need them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from amldbg._version import __version__
+
+if TYPE_CHECKING:
+    from amldbg.cli_args import (
+        DebugSettings,
+        RemoteDebugArgsMixin,
+        add_args,
+        resolve_settings,
+    )
+    from amldbg.debug import DebugSession, enable_remote_debug
+
+# Public name -> the module that defines it. Resolved by __getattr__ on first access so
+# that `import amldbg` stays a few hundred microseconds.
+_EXPORTS = {
+    "add_args": "amldbg.cli_args",
+    "RemoteDebugArgsMixin": "amldbg.cli_args",
+    "DebugSettings": "amldbg.cli_args",
+    "resolve_settings": "amldbg.cli_args",
+    "enable_remote_debug": "amldbg.debug",
+    "DebugSession": "amldbg.debug",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'amldbg' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,55 @@
+"""The lines amldbg writes to the driver log, in one place so that `amldbg find` can read them.
+
+Every line goes to ``sys.stdout`` and is flushed at once: in a container stdout is a pipe
+and block-buffered, and the guides' users read the driver log (``70_driver_log.txt`` or
+``user_logs/std_log.txt``) while the script waits for them.
+
+Besides the guides' own lines (``Timeout for debug connection: N``, ``ip_address: A``,
+``Debugger attached = True``), each state change of a debug endpoint is written once as a
+machine-readable line, ``amldbg endpoint: {json}``, whose keys are listed in
+:data:`ENDPOINT_KEYS`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+PREFIX = "amldbg: "
+ENDPOINT_MARKER = "amldbg endpoint: "
+
+#: Keys of the JSON object on an ``amldbg endpoint:`` line.
+#: ``state`` is one of ``waiting``, ``attached``, ``not-attached``, ``listening`` (timeout 0),
+#: ``failed``; ``mode`` is ``listen``, ``connect`` (reverse connect) or ``reused``.
+ENDPOINT_KEYS = (
+    "state", "mode", "host", "port", "bind", "rank", "local_rank", "world_size", "pid",
+    "timeout", "cwd", "worker",
+)
+
+
+def say(line: str) -> None:
+    """Write one line to stdout and flush it; never raises (a closed stdout is ignored)."""
+    try:
+        stream = sys.stdout
+        if stream is None:
+            return
+        stream.write(line + "\n")
+        stream.flush()
+    except Exception:
+        pass
+
+
+def info(message: str) -> None:
+    """Write an ``amldbg: ...`` line."""
+    say(PREFIX + message)
+
+
+def warn(message: str) -> None:
+    """Write the single ``amldbg: warning: ...`` line that reports a failure of amldbg's own."""
+    say(PREFIX + "warning: " + message)
+
+
+def endpoint(**fields: Any) -> None:
+    """Write the machine-readable ``amldbg endpoint: {...}`` line for a debug endpoint."""
+    say(ENDPOINT_MARKER + json.dumps(fields, sort_keys=True, default=str))

@@ -1,0 +1,237 @@
+"""Reading the Azure ML context: the job's identity, the process topology, this node's address.
+
+This module is the only place in amldbg that reads the variables Azure ML and the
+distributed launchers set, so that every feature (debug ports, log dimensions, which rank
+sends metrics) agrees on who "this process" is. It imports nothing beyond the standard
+library and reads lazily: nothing here runs at ``import amldbg``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import struct
+import sys
+from typing import Mapping
+
+# Variables Azure ML sets in a job (SDK v1 run and SDK v2 command job alike).
+RUN_ID = "AZUREML_RUN_ID"
+RUN_TOKEN = "AZUREML_RUN_TOKEN"
+EXPERIMENT_NAME = "AZUREML_ARM_PROJECT_NAME"
+WORKSPACE_NAME = "AZUREML_ARM_WORKSPACE_NAME"
+ROOT_RUN_ID = "AZUREML_ROOT_RUN_ID"
+PARENT_RUN_ID = "AZUREML_PARENT_RUN_ID"
+STEP_NAME = "AZUREML_STEP_NAME"
+SERVICE_ENDPOINT = "AZUREML_SERVICE_ENDPOINT"
+
+# Set by the user (or a test) to override the announced node address.
+NODE_ADDRESS_OVERRIDE = "AMLDBG_NODE_ADDRESS"
+
+
+def _first_int(env: Mapping[str, str], *names: str) -> int | None:
+    for name in names:
+        value = env.get(name)
+        if value is None or value.strip() == "":
+            continue
+        try:
+            return int(value)
+        except ValueError:
+            continue
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    """Where this process sits in a (possibly) distributed job.
+
+    ``launcher`` names what set the variables: ``"torchrun"``, ``"mpi"``, ``"azureml"``
+    or ``"single"`` when nothing did.
+    """
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    local_world_size: int = 1
+    node_rank: int = 0
+    launcher: str = "single"
+
+    @property
+    def is_distributed(self) -> bool:
+        """True when more than one process takes part in the job."""
+        return self.world_size > 1
+
+
+def topology(env: Mapping[str, str] | None = None) -> Topology:
+    """Read this process's rank and peers from the variables the launchers set.
+
+    Order: torchrun / torch.distributed (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``), then
+    Open MPI (``OMPI_COMM_WORLD_*``), then MPICH/Intel MPI (``PMI_RANK``), then the
+    ParallelRunStep worker index Azure ML exposes (``AZUREML_PROCESS_INDEX``-style
+    variables are not documented, so only ``AZ_BATCHAI_TASK_INDEX`` for the node is read).
+    A process with none of them is rank 0 of 1.
+    """
+    env = os.environ if env is None else env
+    if "RANK" in env or "LOCAL_RANK" in env:
+        rank = _first_int(env, "RANK") or 0
+        local_rank = _first_int(env, "LOCAL_RANK")
+        world = _first_int(env, "WORLD_SIZE") or 1
+        local_world = _first_int(env, "LOCAL_WORLD_SIZE") or 1
+        node = _first_int(env, "GROUP_RANK", "NODE_RANK")
+        return Topology(
+            rank=rank,
+            local_rank=rank if local_rank is None else local_rank,
+            world_size=world,
+            local_world_size=local_world,
+            node_rank=node if node is not None else 0,
+            launcher="torchrun",
+        )
+    if "OMPI_COMM_WORLD_RANK" in env:
+        rank = _first_int(env, "OMPI_COMM_WORLD_RANK") or 0
+        local_rank = _first_int(env, "OMPI_COMM_WORLD_LOCAL_RANK")
+        return Topology(
+            rank=rank,
+            local_rank=rank if local_rank is None else local_rank,
+            world_size=_first_int(env, "OMPI_COMM_WORLD_SIZE") or 1,
+            local_world_size=_first_int(env, "OMPI_COMM_WORLD_LOCAL_SIZE") or 1,
+            node_rank=_first_int(env, "OMPI_COMM_WORLD_NODE_RANK") or 0,
+            launcher="mpi",
+        )
+    if "PMI_RANK" in env:
+        rank = _first_int(env, "PMI_RANK") or 0
+        local_rank = _first_int(env, "MPI_LOCALRANKID", "PMI_LOCAL_RANK")
+        return Topology(
+            rank=rank,
+            local_rank=rank if local_rank is None else local_rank,
+            world_size=_first_int(env, "PMI_SIZE") or 1,
+            local_world_size=_first_int(env, "MPI_LOCALNRANKS") or 1,
+            launcher="mpi",
+        )
+    node = _first_int(env, "AZ_BATCHAI_TASK_INDEX", "AZ_BATCH_NODE_INDEX")
+    if node is not None:
+        return Topology(node_rank=node, rank=node, launcher="azureml")
+    return Topology()
+
+
+@dataclasses.dataclass(frozen=True)
+class RunContext:
+    """The Azure ML job this process belongs to, as far as the environment tells.
+
+    Every field is ``None`` outside Azure ML. ``in_job`` is true only when the variables
+    that azureml-core itself needs for an online run are present.
+    """
+
+    run_id: str | None = None
+    experiment: str | None = None
+    workspace: str | None = None
+    parent_run_id: str | None = None
+    root_run_id: str | None = None
+    step_name: str | None = None
+    in_job: bool = False
+
+
+def run_context(env: Mapping[str, str] | None = None) -> RunContext:
+    """Describe the Azure ML run from its environment variables, without importing azureml."""
+    env = os.environ if env is None else env
+
+    def get(name: str) -> str | None:
+        value = env.get(name, "").strip()
+        return value or None
+
+    return RunContext(
+        run_id=get(RUN_ID),
+        experiment=get(EXPERIMENT_NAME),
+        workspace=get(WORKSPACE_NAME),
+        parent_run_id=get(PARENT_RUN_ID),
+        root_run_id=get(ROOT_RUN_ID),
+        step_name=get(STEP_NAME),
+        in_job=bool(get(RUN_ID) and get(RUN_TOKEN) and get(SERVICE_ENDPOINT)),
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    host = host.strip().strip("[]").lower()
+    return host == "localhost" or host == "::1" or host.startswith("127.")
+
+
+def _linux_default_route_interface() -> str | None:
+    # /proc/net/route lists the IPv4 routes; the default route has destination 0.
+    try:
+        with open("/proc/net/route", encoding="ascii") as table:
+            next(table, None)
+            for line in table:
+                fields = line.split()
+                if len(fields) >= 8 and fields[1] == "00000000" and fields[7] == "00000000":
+                    return fields[0]
+    except OSError:
+        return None
+    return None
+
+
+def _interface_ipv4(interface: str) -> str | None:
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        return None
+    siocgifaddr = 0x8915
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        packed = struct.pack("256s", interface.encode("ascii")[:15])
+        answer = fcntl.ioctl(sock.fileno(), siocgifaddr, packed)
+        return socket.inet_ntoa(answer[20:24])
+    except OSError:
+        return None
+    finally:
+        sock.close()
+
+
+def _hostname_addresses() -> list[str]:
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)
+    except OSError:
+        return []
+    return [str(info[4][0]) for info in infos]
+
+
+def node_address(env: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """This node's IPv4 address as a client on the compute's network would reach it.
+
+    Returns ``(address, how)``, where ``how`` says which rule chose it:
+
+    1. ``AMLDBG_NODE_ADDRESS`` when set (the user knows better);
+    2. on Linux, the address of the interface that carries the default route
+       (``/proc/net/route`` plus the ``SIOCGIFADDR`` ioctl: no packet is sent);
+    3. the first non-loopback address the host name resolves to; ``/etc/hosts`` often maps
+       it to 127.0.1.1, which is skipped;
+    4. ``127.0.0.1`` as a last resort.
+    """
+    env = os.environ if env is None else env
+    override = env.get(NODE_ADDRESS_OVERRIDE, "").strip()
+    if override:
+        return override, NODE_ADDRESS_OVERRIDE
+    if sys.platform.startswith("linux"):
+        interface = _linux_default_route_interface()
+        if interface:
+            address = _interface_ipv4(interface)
+            if address and not is_loopback(address):
+                return address, f"default-route interface {interface}"
+    for address in _hostname_addresses():
+        if not is_loopback(address):
+            return address, "host name"
+    return "127.0.0.1", "loopback fallback"
+
+
+def port_available(host: str, port: int) -> bool:
+    """True when a TCP listener could bind ``host:port`` right now (checked by binding it).
+
+    ``0.0.0.0`` and ``::`` check every interface. The answer can be stale a moment later;
+    callers that then bind for real must still handle "address in use".
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.bind((host, port))
+    except OSError:
+        return False
+    return True

@@ -1,0 +1,24 @@
+"""Shared test set-up: loopback only, no statsbeat, and reaping of every process a test starts."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+# The Azure exporters otherwise phone Microsoft's statsbeat endpoint and the cloud metadata
+# address; subprocesses inherit this environment.
+os.environ["APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL"] = "true"
+os.environ.setdefault("PYTHONUNBUFFERED", "1")
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT / "tests") not in sys.path:
+    sys.path.insert(0, str(ROOT / "tests"))
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago on ``host``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])

@@ -1,0 +1,105 @@
+"""Running scripts under test as real subprocesses, reading their output as it comes, and
+always reaping them."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "samples"
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The test environment for a child: unbuffered, no statsbeat, no inherited AMLDBG_*."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AMLDBG_")}
+    env["APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL"] = "true"
+    env["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"
+    env.update(extra)
+    return env
+
+
+class Running:
+    """A subprocess whose merged stdout/stderr is collected line by line in the background.
+
+    Use as a context manager: on exit the process is killed if it still runs, and reaped.
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        env: dict[str, str] | None = None,
+        cwd: str | Path | None = None,
+        python_args: Sequence[str] = (),
+    ) -> None:
+        self.argv = [sys.executable, *python_args, *argv]
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env if env is not None else child_env(),
+            cwd=str(cwd) if cwd is not None else None,
+        )
+        self.lines: list[str] = []
+        self.line_times: list[float] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            with self._changed:
+                self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
+                self.line_times.append(time.monotonic())
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    @property
+    def output(self) -> str:
+        """Everything the process printed so far."""
+        with self._changed:
+            return "\n".join(self.lines)
+
+    def wait_for_line(self, pattern: str, timeout: float = 30.0) -> re.Match[str]:
+        """Wait for a line matching the regular expression ``pattern`` and return the match."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._changed:
+            while True:
+                for line in self.lines[seen:]:
+                    found = regex.search(line)
+                    if found:
+                        return found
+                seen = len(self.lines)
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(
+                        f"no line matching {pattern!r} within {timeout} s; output:\n{self.output}"
+                    )
+                self._changed.wait(min(left, 0.2))
+
+    def wait(self, timeout: float = 60.0) -> int:
+        """Wait for the process to exit and for its output to be read; return the exit code."""
+        code = self.proc.wait(timeout)
+        self._reader.join(10)
+        return code
+
+    def __enter__(self) -> Running:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(30)
+        self._reader.join(10)
