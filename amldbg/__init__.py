@@ -14,11 +14,14 @@ only by the features that need them.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
 from amldbg._version import __version__
 
+# `typing` costs a few milliseconds to import; type checkers treat this name specially.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from amldbg.cli_args import (
         DebugSettings,
         RemoteDebugArgsMixin,
@@ -38,7 +41,15 @@ _EXPORTS = {
     "DebugSession": "amldbg.debug",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [
+    "DebugSession",
+    "DebugSettings",
+    "RemoteDebugArgsMixin",
+    "__version__",
+    "add_args",
+    "enable_remote_debug",
+    "resolve_settings",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -13,6 +13,7 @@ debugpy is imported only when debugging is enabled: its first API call replaces
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -406,10 +407,8 @@ def _wait(debugpy: Any, timeout: float, progress_interval: float, where: str) ->
             if now >= deadline:
                 # wait_for_client.cancel() raises before the wait has started and cancels
                 # only the wait in progress, so keep cancelling until the wait returned.
-                try:
+                with contextlib.suppress(Exception):
                     debugpy.wait_for_client.cancel()
-                except Exception:
-                    pass
             elif progress_interval > 0 and now >= next_progress:
                 left = max(0, int(round(deadline - now)))
                 _announce.info(f"still waiting for a debugger on {where}: {left} s left")
