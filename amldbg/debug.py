@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
+import math
 import os
 import sys
 import threading
@@ -360,8 +362,12 @@ def _connect(
     )
     _announce.info("VS Code launch.json entry (start it before the script connects):")
     _announce.say(launch_config.render(entry))
+    started = time.monotonic()
+    # pydevd's TCP connect timeout (10 s by default) must not outlast the user's timeout.
+    os.environ.setdefault("PYDEVD_CONNECT_TIMEOUT", str(max(1, min(10, math.ceil(timeout)))))
     try:
-        debugpy.connect((client, port))
+        with _pydevd_log_silenced():
+            debugpy.connect((client, port))
     except Exception as error:
         # debugpy makes a single attempt and cannot retry in the same process.
         _announce.warn(
@@ -373,10 +379,10 @@ def _connect(
         return DebugSession(
             mode="failed", host=client, port=port, reason=str(error), rank=topology.rank
         )
-    started = time.monotonic()
     attached = bool(debugpy.is_client_connected())
-    if not attached and timeout > 0:
-        attached = _wait(debugpy, timeout, progress_interval, f"{client}:{port}")
+    left = timeout - (time.monotonic() - started)
+    if not attached and left > 0:
+        attached = _wait(debugpy, left, progress_interval, f"{client}:{port}")
     _say_attached(attached)
     _announce.endpoint(
         state="attached" if attached else "not-attached", mode="connect", host=client, port=port,
@@ -393,6 +399,16 @@ def _connect(
         waited=time.monotonic() - started,
         reason="client attached" if attached else "the client did not finish attaching in time",
     )
+
+
+def _pydevd_log_silenced() -> Any:
+    """Keep pydevd's own traceback for a refused connection off stderr: amldbg reports the
+    failure in its one warning line instead."""
+    pydev_log = sys.modules.get("_pydev_bundle.pydev_log")
+    context = getattr(pydev_log, "log_context", None)
+    if context is None:
+        return contextlib.nullcontext()
+    return context(0, io.StringIO())
 
 
 def _wait(debugpy: Any, timeout: float, progress_interval: float, where: str) -> bool:
