@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-import amldbg
 import pytest
+
+import amldbg
 from amldbg.cli_args import DebugSettings, resolve_settings
 
 

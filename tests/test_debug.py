@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from conftest import free_port
 from dap_client import DAPClient, listening_adapter
 from processes import SAMPLES, Running, child_env

@@ -13,16 +13,16 @@ HEAVY = ("debugpy", "pydevd", "azureml", "opencensus", "opentelemetry", "mlflow"
 
 
 def test_import_amldbg_imports_no_heavy_package() -> None:
-    code = ("import sys, amldbg; heavy = %r; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))" % (HEAVY,))
+    code = (f"import sys, amldbg; heavy = {HEAVY!r}; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
 
 def test_add_args_and_a_disabled_enable_import_no_heavy_package() -> None:
     code = ("import sys, argparse, amldbg; p = argparse.ArgumentParser(); amldbg.add_args(p); "
-            "amldbg.enable_remote_debug(p.parse_args([])); heavy = %r; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))" % (HEAVY,))
+            f"amldbg.enable_remote_debug(p.parse_args([])); heavy = {HEAVY!r}; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
