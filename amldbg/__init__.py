@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         resolve_settings,
     )
     from amldbg.debug import DebugSession, enable_remote_debug
+    from amldbg.envsnap import env_snapshot, write_env_snapshot
 
 # Public name -> the module that defines it. Resolved by __getattr__ on first access so
 # that `import amldbg` stays a few hundred microseconds.
@@ -39,6 +40,8 @@ _EXPORTS = {
     "resolve_settings": "amldbg.cli_args",
     "enable_remote_debug": "amldbg.debug",
     "DebugSession": "amldbg.debug",
+    "env_snapshot": "amldbg.envsnap",
+    "write_env_snapshot": "amldbg.envsnap",
 }
 
 __all__ = [
@@ -48,7 +51,9 @@ __all__ = [
     "__version__",
     "add_args",
     "enable_remote_debug",
+    "env_snapshot",
     "resolve_settings",
+    "write_env_snapshot",
 ]
 
 

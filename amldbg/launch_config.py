@@ -2,8 +2,8 @@
 
 The entries use the current schema of the Python Debugger extension (``"type": "debugpy"``
 with a ``connect`` or ``listen`` object); older VS Code versions accept ``"type": "python"``
-with the same fields. Nothing here touches the file system: `amldbg launch-config --write`
-merges these entries into a launch.json.
+with the same fields. Nothing here touches the file system: ``amldbg launch-config --write``
+merges these entries into a launch.json (:mod:`amldbg.launch_json`).
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ def deployment_config(
     remote_root: str = DEPLOYMENT_REMOTE_ROOT,
     name: str = "Azure ML Deployment: attach",
     just_my_code: bool = True,
+    redirect_output: bool = True,
 ) -> dict[str, Any]:
     """An entry that attaches to a score.py running in a deployment container whose debug
     port is mapped to ``host:port`` (the guides' "Docker Debug" entry, current schema)."""
@@ -87,7 +88,7 @@ def deployment_config(
         local_root=local_root,
         name=name,
         just_my_code=just_my_code,
-        redirect_output=True,
+        redirect_output=redirect_output,
     )
 
 
