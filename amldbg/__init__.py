@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     )
     from amldbg.debug import DebugSession, enable_remote_debug
     from amldbg.envsnap import env_snapshot, write_env_snapshot
+    from amldbg.scoring import debug_init, debug_run, request_ids
 
 # Public name -> the module that defines it. Resolved by __getattr__ on first access so
 # that `import amldbg` stays a few hundred microseconds.
@@ -42,6 +43,9 @@ _EXPORTS = {
     "DebugSession": "amldbg.debug",
     "env_snapshot": "amldbg.envsnap",
     "write_env_snapshot": "amldbg.envsnap",
+    "debug_init": "amldbg.scoring",
+    "debug_run": "amldbg.scoring",
+    "request_ids": "amldbg.scoring",
 }
 
 __all__ = [
@@ -50,8 +54,11 @@ __all__ = [
     "RemoteDebugArgsMixin",
     "__version__",
     "add_args",
+    "debug_init",
+    "debug_run",
     "enable_remote_debug",
     "env_snapshot",
+    "request_ids",
     "resolve_settings",
     "write_env_snapshot",
 ]
