@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     )
     from amldbg.debug import DebugSession, enable_remote_debug
     from amldbg.envsnap import env_snapshot, write_env_snapshot
+    from amldbg.distributed import process_group_timeout, watchdog_timeout
+    from amldbg.postmortem import breakpoint, enable_post_mortem, post_mortem
     from amldbg.scoring import debug_init, debug_run, request_ids
 
 # Public name -> the module that defines it. Resolved by __getattr__ on first access so
@@ -46,6 +48,11 @@ _EXPORTS = {
     "debug_init": "amldbg.scoring",
     "debug_run": "amldbg.scoring",
     "request_ids": "amldbg.scoring",
+    "breakpoint": "amldbg.postmortem",
+    "post_mortem": "amldbg.postmortem",
+    "enable_post_mortem": "amldbg.postmortem",
+    "watchdog_timeout": "amldbg.distributed",
+    "process_group_timeout": "amldbg.distributed",
 }
 
 __all__ = [
@@ -54,12 +61,17 @@ __all__ = [
     "RemoteDebugArgsMixin",
     "__version__",
     "add_args",
+    "breakpoint",
     "debug_init",
     "debug_run",
+    "enable_post_mortem",
     "enable_remote_debug",
     "env_snapshot",
+    "post_mortem",
+    "process_group_timeout",
     "request_ids",
     "resolve_settings",
+    "watchdog_timeout",
     "write_env_snapshot",
 ]
 

@@ -65,52 +65,71 @@ class Topology:
 def topology(env: Mapping[str, str] | None = None) -> Topology:
     """Read this process's rank and peers from the variables the launchers set.
 
-    Order: torchrun / torch.distributed (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``), then
-    Open MPI (``OMPI_COMM_WORLD_*``), then MPICH/Intel MPI (``PMI_RANK``), then the
-    ParallelRunStep worker index Azure ML exposes (``AZUREML_PROCESS_INDEX``-style
-    variables are not documented, so only ``AZ_BATCHAI_TASK_INDEX`` for the node is read).
-    A process with none of them is rank 0 of 1.
+    The first launcher whose variables are present wins:
+
+    1. torchrun / ``torch.distributed`` and Azure ML's PyTorch distribution: ``RANK``,
+       ``LOCAL_RANK``, ``WORLD_SIZE``, ``LOCAL_WORLD_SIZE``, and the node index from
+       ``GROUP_RANK`` (torchrun) or ``NODE_RANK`` (Azure ML). With ``LOCAL_RANK`` but no
+       ``RANK`` (a per-node launcher), the global rank is ``node * local size + local rank``.
+    2. Open MPI (Azure ML's MPI jobs): ``OMPI_COMM_WORLD_RANK``, ``_LOCAL_RANK``, ``_SIZE``,
+       ``_LOCAL_SIZE``. ``OMPI_COMM_WORLD_NODE_RANK`` is *not* a node index (it counts
+       processes on the node across jobs), so the node is ``rank // local size``, which
+       holds for mpirun's default by-slot placement.
+    3. MPICH / Intel MPI: ``PMI_RANK``, ``PMI_SIZE``, ``MPI_LOCALRANKID``, ``MPI_LOCALNRANKS``.
+    4. Azure ML's per-node index ``AZ_BATCHAI_TASK_INDEX`` (the worker index of an SDK v1
+       ``PyTorchConfiguration`` job or a multi-node step) with ``AZUREML_NODE_COUNT`` as the
+       world size: one process per node is assumed.
+
+    A process with none of them is rank 0 of 1. A value that is not an integer is ignored.
     """
     env = os.environ if env is None else env
-    if "RANK" in env or "LOCAL_RANK" in env:
-        rank = _first_int(env, "RANK") or 0
+    if _first_int(env, "RANK", "LOCAL_RANK") is not None:
         local_rank = _first_int(env, "LOCAL_RANK")
-        world = _first_int(env, "WORLD_SIZE") or 1
-        local_world = _first_int(env, "LOCAL_WORLD_SIZE") or 1
+        local_world = _first_int(env, "LOCAL_WORLD_SIZE")
         node = _first_int(env, "GROUP_RANK", "NODE_RANK")
+        rank = _first_int(env, "RANK")
+        if rank is None:
+            # Only a per-node launcher ran: derive the global rank where the layout is known.
+            rank = (local_rank or 0) + (node or 0) * (local_world or 1)
+        world = _first_int(env, "WORLD_SIZE") or max(rank + 1, local_world or 1)
         return Topology(
             rank=rank,
             local_rank=rank if local_rank is None else local_rank,
             world_size=world,
-            local_world_size=local_world,
+            local_world_size=local_world or 1,
             node_rank=node if node is not None else 0,
             launcher="torchrun",
         )
-    if "OMPI_COMM_WORLD_RANK" in env:
-        rank = _first_int(env, "OMPI_COMM_WORLD_RANK") or 0
-        local_rank = _first_int(env, "OMPI_COMM_WORLD_LOCAL_RANK")
-        return Topology(
-            rank=rank,
-            local_rank=rank if local_rank is None else local_rank,
-            world_size=_first_int(env, "OMPI_COMM_WORLD_SIZE") or 1,
-            local_world_size=_first_int(env, "OMPI_COMM_WORLD_LOCAL_SIZE") or 1,
-            node_rank=_first_int(env, "OMPI_COMM_WORLD_NODE_RANK") or 0,
-            launcher="mpi",
+    if _first_int(env, "OMPI_COMM_WORLD_RANK") is not None:
+        return _mpi_topology(
+            env, "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_SIZE",
+            "OMPI_COMM_WORLD_LOCAL_SIZE",
         )
-    if "PMI_RANK" in env:
-        rank = _first_int(env, "PMI_RANK") or 0
-        local_rank = _first_int(env, "MPI_LOCALRANKID", "PMI_LOCAL_RANK")
-        return Topology(
-            rank=rank,
-            local_rank=rank if local_rank is None else local_rank,
-            world_size=_first_int(env, "PMI_SIZE") or 1,
-            local_world_size=_first_int(env, "MPI_LOCALNRANKS") or 1,
-            launcher="mpi",
-        )
-    node = _first_int(env, "AZ_BATCHAI_TASK_INDEX", "AZ_BATCH_NODE_INDEX")
+    if _first_int(env, "PMI_RANK") is not None:
+        return _mpi_topology(env, "PMI_RANK", "MPI_LOCALRANKID", "PMI_SIZE", "MPI_LOCALNRANKS")
+    node = _first_int(env, "AZ_BATCHAI_TASK_INDEX")
     if node is not None:
-        return Topology(node_rank=node, rank=node, launcher="azureml")
+        nodes = _first_int(env, "AZUREML_NODE_COUNT") or 1
+        return Topology(
+            node_rank=node, rank=node, world_size=max(nodes, node + 1), launcher="azureml"
+        )
     return Topology()
+
+
+def _mpi_topology(
+    env: Mapping[str, str], rank_var: str, local_var: str, size_var: str, local_size_var: str
+) -> Topology:
+    rank = _first_int(env, rank_var) or 0
+    local_rank = _first_int(env, local_var)
+    local_world = _first_int(env, local_size_var) or 1
+    return Topology(
+        rank=rank,
+        local_rank=rank if local_rank is None else local_rank,
+        world_size=_first_int(env, size_var) or rank + 1,
+        local_world_size=local_world,
+        node_rank=rank // local_world if local_world > 0 else 0,
+        launcher="mpi",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,3 +254,56 @@ def port_available(host: str, port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+@dataclasses.dataclass(frozen=True)
+class GunicornWorker:
+    """This process as a worker of a gunicorn server (the Azure ML inference server runs one).
+
+    ``index`` is 0-based and stable for the workers started at boot (gunicorn numbers each
+    spawned worker with an increasing ``age``; a replacement worker gets a new age, so its
+    index wraps around). ``count`` is the configured number of workers (``WORKER_COUNT``
+    for the inference server) and ``timeout`` gunicorn's worker timeout in seconds
+    (``WORKER_TIMEOUT``): a worker silent for longer, such as one paused at a breakpoint,
+    is killed and replaced.
+    """
+
+    index: int
+    age: int
+    count: int
+    timeout: float
+    pid: int
+
+
+def gunicorn_worker() -> GunicornWorker | None:
+    """Describe this process as a gunicorn worker, or return ``None`` when it is not one.
+
+    gunicorn exposes no worker number in the environment, so this looks for the worker
+    object on the current call stack: the inference server imports the entry script and
+    calls ``init()`` from the worker's ``init_process``. Called outside that stack (from
+    a request thread, or after start-up) it returns ``None``.
+    """
+    base = sys.modules.get("gunicorn.workers.base")
+    worker_class = getattr(base, "Worker", None)
+    if worker_class is None:
+        return None
+    frame = sys._getframe(1)
+    while frame is not None:
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, worker_class):
+            age = int(getattr(candidate, "age", 1) or 1)
+            cfg = getattr(candidate, "cfg", None)
+            count = max(1, int(getattr(cfg, "workers", 1) or 1))
+            timeout = float(getattr(cfg, "timeout", 0) or 0)
+            return GunicornWorker(
+                index=(age - 1) % count, age=age, count=count, timeout=timeout, pid=os.getpid()
+            )
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
+
+
+def inference_server_preloads(env: Mapping[str, str] | None = None) -> bool:
+    """True when the Azure ML inference server loads the entry script in the gunicorn master
+    before forking its workers (``WORKER_PRELOAD=true``), so ``init()`` runs in the master."""
+    env = os.environ if env is None else env
+    return env.get("WORKER_PRELOAD", "").strip().lower() == "true" and "gunicorn" in sys.modules

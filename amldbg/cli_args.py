@@ -172,6 +172,31 @@ FLAGS: tuple[_Flag, ...] = (
         "later stops at breakpoints in already running code (pure-Python code runs ~2x slower)",
         is_switch=True,
     ),
+    _Flag(
+        "remote_debug_post_mortem",
+        parse_bool,
+        False,
+        "on an uncaught exception, start the debugger if needed, wait at most the timeout "
+        "for a client, stop at the frame that raised, then fail as the script would have",
+        is_switch=True,
+    ),
+    _Flag(
+        "remote_debug_route_breakpoint",
+        parse_bool,
+        False,
+        "make plain breakpoint() calls pause in the remote debugger when a client is attached "
+        "(and do nothing otherwise) instead of starting pdb",
+        is_switch=True,
+    ),
+    _Flag(
+        "remote_debug_watchdog_timeout",
+        parse_timeout,
+        0.0,
+        "while debugging, lengthen the timeouts passed through amldbg.watchdog_timeout() and "
+        "amldbg.process_group_timeout() to at least this many seconds; 0 leaves them alone "
+        "(default: %(default)s)",
+        "SECONDS",
+    ),
 )
 
 _FLAGS_BY_NAME = {flag.name: flag for flag in FLAGS}
@@ -193,6 +218,9 @@ class DebugSettings:
     remote_debug_ranks: tuple[int, ...] | None = (0,)
     remote_debug_subprocess: bool = False
     remote_debug_keep_tracing: bool = False
+    remote_debug_post_mortem: bool = False
+    remote_debug_route_breakpoint: bool = False
+    remote_debug_watchdog_timeout: float = 0.0
 
     @property
     def enabled(self) -> bool:
@@ -248,8 +276,9 @@ def add_args(
     The flags are the ones the Azure ML debugging guides use (``--remote_debug``,
     ``--remote_debug_connection_timeout`` default 300, ``--remote_debug_client_ip``,
     ``--remote_debug_port`` default 5678) plus ``--remote_debug_listen_host``,
-    ``--remote_debug_ranks``, ``--remote_debug_subprocess`` and
-    ``--remote_debug_keep_tracing``. Each one's default comes from its ``AMLDBG_*``
+    ``--remote_debug_ranks``, ``--remote_debug_subprocess``,
+    ``--remote_debug_keep_tracing``, ``--remote_debug_post_mortem``,
+    ``--remote_debug_route_breakpoint`` and ``--remote_debug_watchdog_timeout``. Each one's default comes from its ``AMLDBG_*``
     environment variable when set, so an explicit flag wins over the environment. Values may
     arrive as strings; an invalid port or timeout is an argparse error naming the flag.
     Calling it again on the same parser returns the existing group.
@@ -317,6 +346,9 @@ def resolve_settings(
         "ranks": "remote_debug_ranks",
         "subprocess": "remote_debug_subprocess",
         "keep_tracing": "remote_debug_keep_tracing",
+        "post_mortem": "remote_debug_post_mortem",
+        "route_breakpoint": "remote_debug_route_breakpoint",
+        "watchdog_timeout": "remote_debug_watchdog_timeout",
     }
     explicit: dict[str, Any] = {}
     for key, value in overrides.items():

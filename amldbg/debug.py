@@ -123,6 +123,8 @@ def enable_remote_debug(
     env = os.environ
     try:
         if not _requested(args, overrides, env):
+            # Post-mortem debugging and breakpoint() routing work without a debugger at start.
+            _arm_post_mortem(args, overrides, env)
             return _DISABLED
     except ValueError as error:
         _announce.warn(f"remote debugging is off: {error}")
@@ -161,6 +163,10 @@ def _enable(
             )
         return DebugSession(mode="skipped", reason="rank not selected", rank=topology.rank)
 
+    from amldbg import distributed, postmortem
+
+    postmortem.install(settings, topology)
+    distributed.announce_watchdogs(settings, topology, env)
     # Without it, debugpy warns on stderr about frozen stdlib modules on every start; the
     # user's own files are never frozen.
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
@@ -173,10 +179,24 @@ def _enable(
         )
         return DebugSession(mode="failed", reason="debugpy is not installed", rank=topology.rank)
 
-    session = _start(debugpy, settings, topology, env, progress_interval)
+    hook = sys.breakpointhook
+    try:
+        session = _start(debugpy, settings, topology, env, progress_interval)
+    finally:
+        # debugpy takes over breakpoint(); plain breakpoint() keeps its meaning unless routed.
+        postmortem.keep_breakpointhook(hook, settings)
     if session.active:
         _session = session
     return session
+
+
+def _arm_post_mortem(args: Any, overrides: Mapping[str, Any], env: Mapping[str, str]) -> None:
+    try:
+        from amldbg import postmortem
+
+        postmortem.arm(args, overrides, env)
+    except Exception as error:  # amldbg's own failure must not stop the host script
+        _announce.warn(f"post-mortem debugging is off: {error}")
 
 
 def _existing_debugger() -> bool:
@@ -208,6 +228,11 @@ def _start(
         "cwd": os.getcwd(),
     }
     who = f"rank {topology.rank} (pid {os.getpid()})"
+    if topology.is_distributed:
+        who = (
+            f"rank {topology.rank} of {topology.world_size} (local rank {topology.local_rank}, "
+            f"node {node}, pid {os.getpid()})"
+        )
 
     if _existing_debugger():
         _announce.info(f"a debugger is already active in this process; {who} reuses it")
@@ -259,7 +284,7 @@ def _listen(
         _announce.info(f"port {requested} is taken; listening on port {port} instead")
 
     host = node if bind in ("0.0.0.0", "::", "") else bind
-    _announce.info(f"remote debugging on {who}: listening on {bind}:{port}")
+    _announce.info(f"remote debugging on {who}: listening on {bind}:{port}, attach to {host}:{port}")
     if not _env.is_loopback(bind):
         _announce.warn(
             f"debugpy has no authentication; anyone who can reach port {port} on this node "

@@ -103,3 +103,50 @@ class Running:
             self.proc.kill()
         self.proc.wait(30)
         self._reader.join(10)
+
+
+class RunningGroup(Running):
+    """Like :class:`Running`, for a launcher (torchrun) whose workers must be reaped too.
+
+    torchrun starts each worker in a session of its own, and workers outlive a launcher that
+    was killed. So the child gets a unique ``TEST_REAP_TOKEN`` in its environment, which
+    every descendant inherits; on exit each process still carrying it is killed by its pid
+    (found through ``/proc``), then the launcher is reaped as :class:`Running` does.
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        env: dict[str, str] | None = None,
+        cwd: str | Path | None = None,
+        python_args: Sequence[str] = (),
+    ) -> None:
+        import uuid
+
+        self.token = uuid.uuid4().hex
+        env = dict(env if env is not None else child_env())
+        env["TEST_REAP_TOKEN"] = self.token
+        super().__init__(argv, env=env, cwd=cwd, python_args=python_args)
+
+    def _token_pids(self) -> list[int]:
+        marker = f"TEST_REAP_TOKEN={self.token}".encode()
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                environ = (entry / "environ").read_bytes()
+            except OSError:
+                continue
+            if marker in environ.split(b"\0"):
+                pids.append(int(entry.name))
+        return pids
+
+    def __exit__(self, *exc: Any) -> None:
+        import contextlib
+        import signal
+
+        for pid in self._token_pids():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        super().__exit__(*exc)

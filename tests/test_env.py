@@ -61,3 +61,24 @@ def test_port_available_sees_a_listener() -> None:
 def test_loopback_detection() -> None:
     assert _env.is_loopback("127.0.0.1") and _env.is_loopback("[::1]")
     assert _env.is_loopback("localhost") and not _env.is_loopback("10.0.0.1")
+
+
+def test_per_node_launcher_without_rank_derives_the_global_rank() -> None:
+    topo = _env.topology({"LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "NODE_RANK": "1",
+                          "WORLD_SIZE": "4"})
+    assert (topo.rank, topo.local_rank, topo.node_rank, topo.world_size) == (3, 1, 1, 4)
+
+
+def test_open_mpi_node_is_not_ompi_node_rank() -> None:
+    # OMPI_COMM_WORLD_NODE_RANK counts processes on the node, not nodes.
+    topo = _env.topology({"OMPI_COMM_WORLD_RANK": "5", "OMPI_COMM_WORLD_LOCAL_RANK": "1",
+                          "OMPI_COMM_WORLD_SIZE": "8", "OMPI_COMM_WORLD_LOCAL_SIZE": "4",
+                          "OMPI_COMM_WORLD_NODE_RANK": "1"})
+    assert topo.node_rank == 1 and topo.rank == 5
+
+
+def test_azureml_task_index_with_node_count() -> None:
+    topo = _env.topology({"AZ_BATCHAI_TASK_INDEX": "2", "AZUREML_NODE_COUNT": "4"})
+    assert (topo.rank, topo.node_rank, topo.world_size, topo.launcher) == (2, 2, 4, "azureml")
+    assert topo.is_distributed
+    assert _env.topology({"RANK": "x"}).launcher == "single"
