@@ -179,7 +179,6 @@ def test_explicit_post_mortem_then_reraise_shows_the_exception_once(tmp_path: Pa
     script = tmp_path / "explicit.py"
     script.write_text(textwrap.dedent("""
         import amldbg
-        from amldbg.postmortem import post_mortem  # amldbg.post_mortem once exported
 
         def run(batch):
             size = len(batch)
@@ -189,7 +188,7 @@ def test_explicit_post_mortem_then_reraise_shows_the_exception_once(tmp_path: Pa
         try:
             run([1, 2, 3])
         except Exception as error:
-            print("shown:", post_mortem(error), flush=True)
+            print("shown:", amldbg.post_mortem(error), flush=True)
             raise
     """))
     raise_line = next(n for n, t in enumerate(script.read_text().splitlines(), 1) if "10 /" in t)
@@ -252,18 +251,17 @@ def test_post_mortem_is_off_by_default_and_imports_nothing(tmp_path: Path) -> No
 
 BREAKPOINT_SCRIPT = textwrap.dedent("""
     import sys, time, amldbg
-    from amldbg import postmortem  # amldbg.breakpoint once exported
 
     original = sys.breakpointhook
     session = amldbg.enable_remote_debug(timeout=0)
     print("hook kept:", sys.breakpointhook is original, flush=True)
-    print("paused without client:", postmortem.breakpoint(), flush=True)
+    print("paused without client:", amldbg.breakpoint(), flush=True)
     while not session.is_client_connected():
         time.sleep(0.05)
 
     def step(epoch):
         loss = 1.0 / (epoch + 1)
-        paused = postmortem.breakpoint()
+        paused = amldbg.breakpoint()
         return loss, paused
 
     print("result:", step(3), flush=True)
@@ -275,7 +273,7 @@ def test_amldbg_breakpoint_pauses_only_with_a_client_at_the_callers_line(tmp_pat
     script.write_text(BREAKPOINT_SCRIPT)
     # Like pdb.set_trace() and debugpy.breakpoint(), the pause shows the caller's next line.
     line = 1 + next(n for n, t in enumerate(BREAKPOINT_SCRIPT.splitlines(), 1)
-                    if "paused = postmortem.breakpoint()" in t)
+                    if "paused = amldbg.breakpoint()" in t)
     env = child_env(**LOOPBACK, AMLDBG_REMOTE_DEBUG="1")
     with Running([str(script)], env=env, cwd=tmp_path) as run:
         port = announced_port(run)
@@ -299,10 +297,9 @@ def test_amldbg_breakpoint_pauses_only_with_a_client_at_the_callers_line(tmp_pat
 def test_amldbg_breakpoint_wait_gives_up_after_its_timeout(tmp_path: Path) -> None:
     script = tmp_path / "bpwait.py"
     script.write_text(textwrap.dedent("""
-        import time
-        from amldbg import postmortem  # amldbg.breakpoint once exported
+        import time, amldbg
         started = time.monotonic()
-        paused = postmortem.breakpoint(wait=True, timeout=1.5)
+        paused = amldbg.breakpoint(wait=True, timeout=1.5)
         print("paused:", paused, "after", round(time.monotonic() - started), flush=True)
     """))
     with Running([str(script)], env=child_env(**LOOPBACK), cwd=tmp_path) as run:
