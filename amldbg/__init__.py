@@ -29,8 +29,8 @@ if TYPE_CHECKING:
         resolve_settings,
     )
     from amldbg.debug import DebugSession, enable_remote_debug
-    from amldbg.envsnap import env_snapshot, write_env_snapshot
     from amldbg.distributed import process_group_timeout, watchdog_timeout
+    from amldbg.envsnap import env_snapshot, write_env_snapshot
     from amldbg.postmortem import breakpoint, enable_post_mortem, post_mortem
     from amldbg.scoring import debug_init, debug_run, request_ids
 
