@@ -31,6 +31,14 @@ if TYPE_CHECKING:
     from amldbg.debug import DebugSession, enable_remote_debug
     from amldbg.distributed import process_group_timeout, watchdog_timeout
     from amldbg.envsnap import env_snapshot, write_env_snapshot
+    from amldbg.logs import (
+        LogSettings,
+        configure_logging,
+        flush_logs,
+        get_logger,
+        log_metric,
+        log_metrics,
+    )
     from amldbg.postmortem import breakpoint, enable_post_mortem, post_mortem
     from amldbg.scoring import debug_init, debug_run, request_ids
 
@@ -48,6 +56,12 @@ _EXPORTS = {
     "debug_init": "amldbg.scoring",
     "debug_run": "amldbg.scoring",
     "request_ids": "amldbg.scoring",
+    "get_logger": "amldbg.logs",
+    "configure_logging": "amldbg.logs",
+    "log_metric": "amldbg.logs",
+    "log_metrics": "amldbg.logs",
+    "flush_logs": "amldbg.logs",
+    "LogSettings": "amldbg.logs",
     "breakpoint": "amldbg.postmortem",
     "post_mortem": "amldbg.postmortem",
     "enable_post_mortem": "amldbg.postmortem",
@@ -58,15 +72,21 @@ _EXPORTS = {
 __all__ = [
     "DebugSession",
     "DebugSettings",
+    "LogSettings",
     "RemoteDebugArgsMixin",
     "__version__",
     "add_args",
     "breakpoint",
+    "configure_logging",
     "debug_init",
     "debug_run",
     "enable_post_mortem",
     "enable_remote_debug",
     "env_snapshot",
+    "flush_logs",
+    "get_logger",
+    "log_metric",
+    "log_metrics",
     "post_mortem",
     "process_group_timeout",
     "request_ids",

@@ -11,6 +11,9 @@ import os
 
 import amldbg
 
+# Driver log, plus Application Insights when APPLICATIONINSIGHTS_CONNECTION_STRING is set.
+log = amldbg.get_logger("train")
+
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser("train")
@@ -28,7 +31,8 @@ def train(epochs: int, samples: list) -> float:
             error = weight * x - y
             weight -= 0.01 * error * x
         loss = sum((weight * x - y) ** 2 for x, y in samples) / len(samples)
-        print(f"epoch {epoch}: loss {loss:.4f}", flush=True)
+        log.info("epoch %d: loss %.4f", epoch, loss, extra={"custom_dimensions": {"epoch": epoch}})
+        amldbg.log_metric("loss", loss, step=epoch)  # run metrics, MLflow, or the driver log
     return weight
 
 
@@ -42,7 +46,8 @@ def main() -> None:
     weight = train(args.epochs, samples)
     with open(os.path.join(args.output_dir, "model.txt"), "w") as model:
         model.write(f"{weight}\n")
-    print(f"trained weight {weight:.3f}; model written to {args.output_dir}", flush=True)
+    amldbg.log_metric("weight", weight)
+    log.info("trained weight %.3f; model written to %s", weight, args.output_dir)
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ def test_nobody_attaches_script_continues_after_timeout(tmp_path: Path) -> None:
     finished = run.line_times[run.lines.index("Debugger attached = False")]
     # The wait ends at the timeout, not never (debugpy.wait_for_client has no timeout).
     assert timeout - 0.5 <= finished - started_waiting <= timeout + 5
-    assert any(line.startswith("trained weight") for line in run.lines)
+    assert any("trained weight" in line for line in run.lines)
     assert [e["state"] for e in endpoint_lines(run.output)] == ["waiting", "not-attached"]
 
 
@@ -226,7 +226,7 @@ def test_reverse_connect_with_nobody_listening_carries_on(tmp_path: Path) -> Non
     assert len(warnings) == 1 and f"127.0.0.1:{port}" in warnings[0], run.output
     assert "Traceback" not in run.output  # pydevd's own report is kept off stderr
     assert "Debugger attached = False" in run.lines
-    assert any(line.startswith("trained weight") for line in run.lines)
+    assert any("trained weight" in line for line in run.lines)
 
 
 def test_taken_port_moves_to_the_next_free_one(tmp_path: Path) -> None:
@@ -256,7 +256,7 @@ def test_missing_debugpy_gives_one_line_and_the_script_runs(tmp_path: Path) -> N
     assert "debugpy is not installed" in warnings[0]
     assert "pip install debugpy" in warnings[0]
     assert "Timeout for debug connection" not in run.output
-    assert any(line.startswith("trained weight") for line in run.lines)
+    assert any("trained weight" in line for line in run.lines)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,58 @@
+"""Connection strings and settings: normalised, checked, and never printed with the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from amldbg.logs._settings import (
+    ConnectionStringError,
+    LogSettings,
+    from_environment,
+    parse_connection_string,
+)
+
+KEY = "0f8fad5b-d9cb-469f-a165-70867728950e"
+
+
+def test_hand_typed_connection_string_is_normalised() -> None:
+    parsed = parse_connection_string(f" instrumentationkey={KEY.upper()} ; IngestionEndpoint=https://westeurope-5.in.applicationinsights.azure.com/ ; ")
+    assert parsed.instrumentation_key == KEY
+    assert parsed.value == f"InstrumentationKey={KEY};IngestionEndpoint=https://westeurope-5.in.applicationinsights.azure.com"
+    assert KEY not in repr(parsed) and KEY not in parsed.masked()
+
+
+def test_endpoint_defaults_follow_the_service_rules() -> None:
+    assert parse_connection_string(f"InstrumentationKey={KEY}").ingestion_endpoint == "https://dc.services.visualstudio.com"
+    suffixed = parse_connection_string(f"InstrumentationKey={KEY};EndpointSuffix=applicationinsights.azure.cn;Location=chinaeast2")
+    assert suffixed.ingestion_endpoint == "https://chinaeast2.dc.applicationinsights.azure.cn"
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("", "no InstrumentationKey"),
+        ("IngestionEndpoint=https://x/", "no InstrumentationKey"),
+        ("InstrumentationKey=secret-not-a-guid", "not a GUID"),
+        (f"InstrumentationKey={KEY};IngestionEndpoint=ftp://x", "not an http(s) URL"),
+        (f"InstrumentationKey={KEY};garbage", "without 'key=value'"),
+        (f"InstrumentationKey={KEY};Authorization=AAD", "not supported"),
+    ],
+)
+def test_malformed_connection_strings_are_rejected_without_echoing_the_key(text: str, why: str) -> None:
+    with pytest.raises(ConnectionStringError) as raised:
+        parse_connection_string(text)
+    assert why in str(raised.value)
+    assert "secret" not in str(raised.value) and KEY not in str(raised.value)
+
+
+def test_settings_from_environment_and_their_repr_hides_the_connection_string() -> None:
+    settings = from_environment({
+        "APPLICATIONINSIGHTS_CONNECTION_STRING": f"InstrumentationKey={KEY}",
+        "AMLDBG_APPINSIGHTS_BACKEND": "OTEL",
+        "AMLDBG_LOG_GRACE_PERIOD": "1.5",
+        "AMLDBG_LOG_QUEUE_SIZE": "oops",
+        "AMLDBG_LOG_ALL_RANKS": "yes",
+    })
+    assert (settings.backend, settings.grace_period, settings.queue_size, settings.all_ranks) == ("otel", 1.5, 20_000, True)
+    assert KEY not in repr(settings)
+    assert from_environment({}) == LogSettings()
