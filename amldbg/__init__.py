@@ -22,15 +22,15 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from amldbg.cli_args import (
-        DebugSettings,
-        RemoteDebugArgsMixin,
-        add_args,
-        resolve_settings,
-    )
-    from amldbg.debug import DebugSession, enable_remote_debug
-    from amldbg.distributed import process_group_timeout, watchdog_timeout
-    from amldbg.envsnap import env_snapshot, write_env_snapshot
+    from amldbg.core.args import RemoteDebugArgsMixin, add_args
+    from amldbg.core.settings import DebugSettings, resolve_settings
+    from amldbg.debugger.breakpoints import breakpoint
+    from amldbg.debugger.postmortem import enable_post_mortem, post_mortem
+    from amldbg.debugger.remote import enable_remote_debug
+    from amldbg.debugger.session import DebugSession
+    from amldbg.debugger.watchdogs import process_group_timeout, watchdog_timeout
+    from amldbg.diagnostics.envsnap import env_snapshot, write_env_snapshot
+    from amldbg.hooks.scoring import debug_init, debug_run, request_ids
     from amldbg.logs import (
         LogSettings,
         configure_logging,
@@ -39,34 +39,32 @@ if TYPE_CHECKING:
         log_metric,
         log_metrics,
     )
-    from amldbg.postmortem import breakpoint, enable_post_mortem, post_mortem
-    from amldbg.scoring import debug_init, debug_run, request_ids
 
 # Public name -> the module that defines it. Resolved by __getattr__ on first access so
 # that `import amldbg` stays a few hundred microseconds.
 _EXPORTS = {
-    "add_args": "amldbg.cli_args",
-    "RemoteDebugArgsMixin": "amldbg.cli_args",
-    "DebugSettings": "amldbg.cli_args",
-    "resolve_settings": "amldbg.cli_args",
-    "enable_remote_debug": "amldbg.debug",
-    "DebugSession": "amldbg.debug",
-    "env_snapshot": "amldbg.envsnap",
-    "write_env_snapshot": "amldbg.envsnap",
-    "debug_init": "amldbg.scoring",
-    "debug_run": "amldbg.scoring",
-    "request_ids": "amldbg.scoring",
+    "add_args": "amldbg.core.args",
+    "RemoteDebugArgsMixin": "amldbg.core.args",
+    "DebugSettings": "amldbg.core.settings",
+    "resolve_settings": "amldbg.core.settings",
+    "enable_remote_debug": "amldbg.debugger.remote",
+    "DebugSession": "amldbg.debugger.session",
+    "env_snapshot": "amldbg.diagnostics.envsnap",
+    "write_env_snapshot": "amldbg.diagnostics.envsnap",
+    "debug_init": "amldbg.hooks.scoring",
+    "debug_run": "amldbg.hooks.scoring",
+    "request_ids": "amldbg.hooks.scoring",
     "get_logger": "amldbg.logs",
     "configure_logging": "amldbg.logs",
     "log_metric": "amldbg.logs",
     "log_metrics": "amldbg.logs",
     "flush_logs": "amldbg.logs",
     "LogSettings": "amldbg.logs",
-    "breakpoint": "amldbg.postmortem",
-    "post_mortem": "amldbg.postmortem",
-    "enable_post_mortem": "amldbg.postmortem",
-    "watchdog_timeout": "amldbg.distributed",
-    "process_group_timeout": "amldbg.distributed",
+    "breakpoint": "amldbg.debugger.breakpoints",
+    "post_mortem": "amldbg.debugger.postmortem",
+    "enable_post_mortem": "amldbg.debugger.postmortem",
+    "watchdog_timeout": "amldbg.debugger.watchdogs",
+    "process_group_timeout": "amldbg.debugger.watchdogs",
 }
 
 __all__ = [

@@ -41,7 +41,7 @@ BODY = json.dumps({"data": [[1.0, 2.0, 3.0]]}).encode()
 def per_call_cost() -> float:
     os.environ.pop("AMLDBG_REMOTE_DEBUG", None)
     os.environ.pop("AMLDBG_LOG_CALLS", None)
-    from amldbg.scoring import debug_init, debug_run
+    from amldbg.hooks.scoring import debug_init, debug_run
 
     def plain(data: object) -> object:
         return data

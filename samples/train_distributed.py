@@ -19,7 +19,6 @@ import torch
 import torch.distributed as dist
 
 import amldbg
-from amldbg.distributed import process_group_timeout  # also amldbg.process_group_timeout
 
 
 def parse_args() -> argparse.Namespace:
@@ -40,7 +39,8 @@ def main() -> None:
     amldbg.enable_remote_debug(args)
 
     default = datetime.timedelta(seconds=args.pg_timeout) if args.pg_timeout else None
-    timeout = process_group_timeout(default, backend="gloo", args=args)
+    # Follows the flags enable_remote_debug was given (--remote_debug_watchdog_timeout).
+    timeout = amldbg.process_group_timeout(default, backend="gloo")
     dist.init_process_group("gloo", timeout=timeout)
     rank, world = dist.get_rank(), dist.get_world_size()
 

@@ -9,7 +9,9 @@
 
 One module per destination: :mod:`.driver_log` (stdout), :mod:`.appinsights` with
 :mod:`.opencensus_sink` and :mod:`.otel_sink`, :mod:`.run_metrics` (azureml-core),
-:mod:`.mlflow_metrics`, fed through the background queue :mod:`._queue`. Importing this
+:mod:`.mlflow_metrics`, fed through the background export queue :mod:`.export`; the
+sinks share :mod:`.envelopes`, and settings live in :mod:`.settings` and
+:mod:`.connection`. This package imports only :mod:`amldbg.core`, never the debugger. Importing this
 package imports no exporter, azureml or mlflow; they are imported on the export thread
 when a sink that needs them is first used.
 """
@@ -20,10 +22,13 @@ import logging
 import sys
 from typing import Any
 
-from amldbg import _announce
-from amldbg.logs import _queue, _settings, driver_log
-from amldbg.logs._settings import LogSettings
+from amldbg.core import announce
+from amldbg.core.guard import describe
+from amldbg.logs import connection as connections
+from amldbg.logs import driver_log, export
+from amldbg.logs import settings as log_settings
 from amldbg.logs.metrics import log_metric, log_metrics
+from amldbg.logs.settings import LogSettings
 
 __all__ = [
     "LogSettings",
@@ -35,25 +40,21 @@ __all__ = [
     "log_metrics",
 ]
 
-_reported_bad_strings: set[str] = set()
 
-
-def _connection(explicit: str | None, settings: LogSettings) -> _settings.ConnectionString | None:
+def _connection(explicit: str | None, settings: LogSettings) -> connections.ConnectionString | None:
     text = explicit if explicit is not None else settings.connection_string
     if not text:
         return None
     try:
-        return _settings.parse_connection_string(text)
-    except _settings.ConnectionStringError as error:
-        source = "the connection string given" if explicit is not None else _settings.CONNECTION_STRING_ENV
-        key = f"{source}:{error}"
-        if key not in _reported_bad_strings:
-            _reported_bad_strings.add(key)
-            _announce.warn(
-                f"Application Insights is off: {source} is malformed ({error}); "
-                "expected InstrumentationKey=<guid>;IngestionEndpoint=https://...  "
-                "Logging to the driver log continues."
-            )
+        return connections.parse_connection_string(text)
+    except connections.ConnectionStringError as error:
+        source = "the connection string given" if explicit is not None else connections.CONNECTION_STRING_ENV
+        announce.warn_once(
+            f"connection-string:{source}:{error}",
+            f"Application Insights is off: {source} is malformed ({error}); "
+            "expected InstrumentationKey=<guid>;IngestionEndpoint=https://...  "
+            "Logging to the driver log continues.",
+        )
         return None
 
 
@@ -115,13 +116,13 @@ def get_logger(
     """
     logger = logging.getLogger(name or _caller_module())
     try:
-        settings = _settings.current()
+        settings = log_settings.current()
         driver_log.ensure_line_buffered()
         _install(logger, _handlers(settings, connection_string, backend, appinsights))
         logger.setLevel(level)
         logger.propagate = propagate
     except Exception as error:
-        _announce.warn(f"get_logger could not set up logging: {type(error).__name__}: {error}")
+        announce.warn(f"get_logger could not set up logging: {describe(error)}")
     return logger
 
 
@@ -151,7 +152,7 @@ def configure_logging(
     explicit azureml-core ``run``. Returns the settings in force.
     """
     try:
-        settings = _settings.update(
+        settings = log_settings.update(
             connection_string=connection_string,
             backend=backend,
             grace_period=grace_period,
@@ -162,8 +163,8 @@ def configure_logging(
             run=run,
         )
     except ValueError as error:
-        _announce.warn(f"configure_logging: {error}; keeping the previous settings")
-        settings = _settings.current()
+        announce.warn(f"configure_logging: {error}; keeping the previous settings")
+        settings = log_settings.current()
     try:
         driver_log.ensure_line_buffered()
         if root:
@@ -171,7 +172,7 @@ def configure_logging(
             _install(root_logger, _handlers(settings, None, backend, True))
             root_logger.setLevel(level)
     except Exception as error:
-        _announce.warn(f"configure_logging could not set up logging: {type(error).__name__}: {error}")
+        announce.warn(f"configure_logging could not set up logging: {describe(error)}")
     return settings
 
 
@@ -181,10 +182,10 @@ def flush_logs(timeout: float | None = None) -> bool:
     Returns True when everything was delivered. Useful before a step hands over to
     something that may kill the process; at a normal exit amldbg flushes by itself.
     """
-    exporter = _queue.existing_exporter()
+    exporter = export.existing_exporter()
     if exporter is None:
         return True
-    wait = _settings.current().grace_period if timeout is None else timeout
+    wait = log_settings.current().grace_period if timeout is None else timeout
     try:
         return exporter.flush(wait)
     except Exception:

@@ -6,24 +6,24 @@ saw at creation, so redirections made later still apply: pytest's capture,
 ``contextlib.redirect_stdout``, and the Azure ML inference server, which replaces
 ``sys.stdout`` to route prints into its ``azmlinfsrv.print`` logger.
 
-Inside the ParallelRunStep runtime (where the ``entry_script`` module exists), records
-go through ``EntryScript().logger`` instead, which writes to
-``logs/user/<ip>/Process-*.txt`` where the step's own lines are; writing to stdout as
-well would put every line there twice.
+Inside a parallel job (SDK v2 ``parallel`` job or ParallelRunStep: the runtime's
+``EntryScript``, from ``azureml_user.parallel_run`` or the older ``entry_script``),
+records go through ``EntryScript().logger`` instead, which writes to
+``logs/user/<ip>/Process-*.txt`` where the step's own lines are; writing to stdout as well
+would put every line there twice.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import logging
 import sys
 import threading
 from typing import Any
 
-from amldbg import _announce, _env
-from amldbg.logs import _queue
+from amldbg.core import announce, environment, runtime
+from amldbg.logs import export
 
 #: Format of driver-log lines; ``%(amldbg_rank)s`` is ``"[rank N] "`` in a distributed job.
 LINE_FORMAT = "%(asctime)s %(amldbg_rank)s%(levelname)s %(name)s: %(message)s"
@@ -31,7 +31,7 @@ LINE_FORMAT = "%(asctime)s %(amldbg_rank)s%(levelname)s %(name)s: %(message)s"
 
 def rank_prefix() -> str:
     """``"[rank N] "`` when the job is distributed, else ``""``."""
-    topo = _env.topology()
+    topo = environment.topology()
     return f"[rank {topo.rank}] " if topo.is_distributed else ""
 
 
@@ -49,8 +49,7 @@ class _RankFormatter(logging.Formatter):
 
 def is_exporter_record(record: logging.LogRecord) -> bool:
     """True for records made by amldbg's export thread (the exporters' transport logs)."""
-    exporter = _queue._exporter
-    return exporter is not None and record.thread == exporter.thread_ident
+    return export.is_export_thread(record.thread)
 
 
 class DriverLogHandler(logging.StreamHandler):  # type: ignore[type-arg,unused-ignore]
@@ -78,8 +77,7 @@ class DriverLogHandler(logging.StreamHandler):  # type: ignore[type-arg,unused-i
 
     def emit(self, record: logging.LogRecord) -> None:
         """Write the record (flushed) unless it comes from the export thread."""
-        exporter = _queue._exporter
-        if exporter is not None and record.thread == exporter.thread_ident:
+        if export.is_export_thread(record.thread):
             return
         stream = sys.stdout
         if stream is None:
@@ -122,30 +120,22 @@ class EntryScriptHandler(logging.Handler):
             self._local.busy = False
 
 
-def in_parallel_run_step() -> bool:
-    """True inside the ParallelRunStep runtime, which provides the ``entry_script`` module."""
-    try:
-        return importlib.util.find_spec("entry_script") is not None
-    except (ImportError, ValueError):
-        return False
-
-
 def entry_script_logger() -> logging.Logger | None:
-    """``EntryScript().logger`` when running under ParallelRunStep, else None."""
-    if not in_parallel_run_step():
+    """``EntryScript().logger`` when running in a parallel job, else None."""
+    if runtime.entry_script_class() is None:
         return None
-    try:
-        from entry_script import EntryScript
-
-        found = EntryScript().logger
-    except Exception as error:
-        _announce.warn(f"ParallelRunStep's EntryScript().logger is not usable ({error}); logging to stdout")
+    found = runtime.entry_script_logger()
+    if not isinstance(found, logging.Logger):
+        announce.warn_once(
+            "entry-script-logger",
+            "the parallel job's EntryScript().logger is not usable; logging to stdout",
+        )
         return None
-    return found if isinstance(found, logging.Logger) else None
+    return found
 
 
 def make_handler() -> logging.Handler:
-    """The driver-log handler for this process: EntryScript's logger under PRS, else stdout."""
+    """The driver-log handler for this process: EntryScript's logger in a parallel job, else stdout."""
     target = entry_script_logger()
     if target is not None:
         return EntryScriptHandler(target)
@@ -172,4 +162,4 @@ def metric_line(name: str, value: float, step: int | None) -> str:
 
 def write_metric(name: str, value: float, step: int | None) -> None:
     """Write :func:`metric_line` to stdout (flushed)."""
-    _announce.say(metric_line(name, value, step))
+    announce.say(metric_line(name, value, step))

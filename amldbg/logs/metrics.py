@@ -27,25 +27,21 @@ import threading
 import time
 from typing import Any, Mapping
 
-from amldbg import _announce, _env
-from amldbg.logs import _queue, _settings, driver_log
+from amldbg.core import announce, environment
+from amldbg.logs import connection, driver_log, export
+from amldbg.logs import settings as log_settings
 
 #: What MLflow (the stricter of the two services) accepts in a metric name.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_\-. /:]+$")
 MAX_NAME_LENGTH = 250
 
 _lock = threading.Lock()
-_warned: set[str] = set()
 # (pid, settings object) -> destination, so a fork or a configure_logging call re-decides.
 _decided: tuple[int, int, str] | None = None
 
 
 def _warn_once(key: str, message: str) -> None:
-    with _lock:
-        if key in _warned:
-            return
-        _warned.add(key)
-    _announce.warn(message)
+    announce.warn_once("metrics:" + key, message)
 
 
 def check_name(name: Any) -> str | None:
@@ -79,7 +75,7 @@ def to_number(value: Any) -> tuple[float | None, str]:
     return number, ""
 
 
-def _destination(settings: _settings.LogSettings) -> str:
+def _destination(settings: log_settings.LogSettings) -> str:
     global _decided
     pid = os.getpid()
     decided = _decided
@@ -91,13 +87,13 @@ def _destination(settings: _settings.LogSettings) -> str:
 
         choice = "driver-log" if is_offline_run(settings.run) else "azureml"
     elif choice == "auto":
-        if _env.run_context().in_job and importlib.util.find_spec("azureml") is not None:
+        if environment.run_context().in_job and importlib.util.find_spec("azureml") is not None:
             choice = "azureml"
         elif os.environ.get("MLFLOW_TRACKING_URI") and importlib.util.find_spec("mlflow") is not None:
             choice = "mlflow"
         else:
             choice = "driver-log"
-    elif choice == "azureml" and not _env.run_context().in_job:
+    elif choice == "azureml" and not environment.run_context().in_job:
         choice = "driver-log"  # Run.get_context() would be an offline run, which only prints
     _decided = (pid, id(settings), choice)
     return choice
@@ -105,16 +101,16 @@ def _destination(settings: _settings.LogSettings) -> str:
 
 def destination() -> str:
     """Where metrics go in this process: ``"azureml"``, ``"mlflow"`` or ``"driver-log"``."""
-    return _destination(_settings.current())
+    return _destination(log_settings.current())
 
 
-def _channel(kind: str, settings: _settings.LogSettings) -> _queue.Channel:
-    exporter = _queue.get_exporter()
+def _channel(kind: str, settings: log_settings.LogSettings) -> export.Channel:
+    exporter = export.get_exporter()
     exporter.grace_period = settings.grace_period
     if kind == "azureml":
         run = settings.run
 
-        def factory() -> _queue.Sink:
+        def factory() -> export.Sink:
             try:
                 from amldbg.logs.run_metrics import AzureMLRunSink
             except ImportError as error:  # pragma: no cover - the module is ours
@@ -129,7 +125,7 @@ def _channel(kind: str, settings: _settings.LogSettings) -> _queue.Channel:
         return exporter.channel("metrics:azureml", "Azure ML run metrics", factory,
                                 maxlen=settings.queue_size, batch_size=1000, interval=1.0)
 
-    def mlflow_factory() -> _queue.Sink:
+    def mlflow_factory() -> export.Sink:
         try:
             from amldbg.logs.mlflow_metrics import MlflowSink
 
@@ -143,21 +139,21 @@ def _channel(kind: str, settings: _settings.LogSettings) -> _queue.Channel:
                             maxlen=settings.queue_size, batch_size=1000, interval=1.0)
 
 
-def _to_appinsights(settings: _settings.LogSettings, name: str, value: float, step: int | None) -> None:
-    from amldbg.logs import appinsights
+def _to_appinsights(settings: log_settings.LogSettings, name: str, value: float, step: int | None) -> None:
+    from amldbg.logs import appinsights, envelopes
 
     if not settings.connection_string:
         return
     try:
-        connection = _settings.parse_connection_string(settings.connection_string)
-    except _settings.ConnectionStringError:
+        parsed = connection.parse_connection_string(settings.connection_string)
+    except connection.ConnectionStringError:
         return  # reported once by the logger set-up
     record = logging.LogRecord("amldbg.metrics", logging.INFO, __file__, 0,
                                f"metric {name} = {value:g}", None, None)
     dims: dict[str, Any] = {"metric_name": name, "metric_value": repr(value)}
     if step is not None:
         dims["metric_step"] = str(step)
-    appinsights.channel_for(connection, settings.backend, settings).put(appinsights.snapshot(record, str(record.msg), dims))
+    appinsights.channel_for(parsed, settings.backend, settings).put(envelopes.snapshot(record, str(record.msg), dims))
 
 
 def log_metric(name: str, value: Any, step: int | None = None) -> bool:
@@ -169,8 +165,8 @@ def log_metric(name: str, value: Any, step: int | None = None) -> bool:
     not log metrics. Never raises and never blocks on the network.
     """
     try:
-        settings = _settings.current()
-        if not settings.all_ranks and _env.topology().rank != 0:
+        settings = log_settings.current()
+        if not settings.all_ranks and environment.topology().rank != 0:
             return False
         why = check_name(name)
         if why is not None:
@@ -218,5 +214,4 @@ def reset() -> None:
     """Forget the decided destination and the warnings given (tests use it)."""
     global _decided
     with _lock:
-        _warned.clear()
         _decided = None

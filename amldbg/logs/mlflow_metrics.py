@@ -15,7 +15,7 @@ import os
 import sys
 from typing import Any
 
-from amldbg.logs import _queue
+from amldbg.logs import export
 
 #: MLflow's limit of metrics per ``log_batch`` request.
 BATCH_LIMIT = 1000
@@ -34,7 +34,7 @@ def caller_run_id() -> str | None:
     return os.environ.get("MLFLOW_RUN_ID") or None
 
 
-class MlflowSink(_queue.Sink):
+class MlflowSink(export.Sink):
     """Logs queued metrics through ``MlflowClient.log_batch``."""
 
     def __init__(self) -> None:
@@ -71,11 +71,11 @@ class MlflowSink(_queue.Sink):
         except self._exception as error:
             self.last_error = f"{type(error).__name__}: {str(error)[:200]}"
             status = error.get_http_status_code()
-            return _queue.RETRY if status == 429 or status >= 500 else _queue.DROP
+            return export.RETRY if status == 429 or status >= 500 else export.DROP
         except Exception as error:  # connection errors from the REST store
             self.last_error = f"{type(error).__name__}: {str(error)[:200]}"
-            return _queue.RETRY
-        return _queue.OK
+            return export.RETRY
+        return export.OK
 
     def close(self, timeout: float) -> None:
         """End the run this sink created (a run the user or Azure ML owns is left alone)."""

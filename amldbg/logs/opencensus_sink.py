@@ -19,15 +19,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from amldbg.logs import _queue, appinsights
-from amldbg.logs._settings import ConnectionString
+from amldbg.logs import envelopes, export
+from amldbg.logs.connection import ConnectionString
 
 
-class OpenCensusSink(_queue.Sink):
+class OpenCensusSink(export.Sink):
     """Sends queued records with OpenCensus' ``AzureLogHandler``."""
 
     def __init__(self, connection: ConnectionString) -> None:
-        appinsights.quiet_exporters()
+        envelopes.quiet_exporters()
         from opencensus.ext.azure.common.transport import TransportStatusCode
         from opencensus.ext.azure.log_exporter import AzureLogHandler
 
@@ -41,10 +41,10 @@ class OpenCensusSink(_queue.Sink):
         self.handler._worker.stop(timeout=2.0)
         self.handler._check_stats_collection = lambda: True  # type: ignore[method-assign,unused-ignore]
         self.handler.setFormatter(logging.Formatter("%(message)s"))
-        self._cache = appinsights.CachedEnvelopes()
+        self._cache = envelopes.CachedEnvelopes()
 
     def _record(self, item: Any) -> logging.LogRecord:
-        snap = appinsights.Snapshot._make(item)
+        snap = envelopes.Snapshot._make(item)
         record = logging.LogRecord(snap.name, snap.levelno, snap.pathname, snap.lineno, snap.message,
                                    None, snap.exc_info, snap.func_name)
         record.created = snap.created
@@ -52,26 +52,26 @@ class OpenCensusSink(_queue.Sink):
         record.process = snap.process
         record.processName = snap.process_name
         record.message = snap.message
-        record.custom_dimensions = appinsights.dimensions_for(snap)
+        record.custom_dimensions = envelopes.dimensions_for(snap)
         return record
 
     def _build(self, batch: list[Any]) -> list[Any]:
         handler = self.handler
-        envelopes = appinsights.build_envelopes(batch, lambda item: handler.log_record_to_envelope(self._record(item)))
-        return list(handler.apply_telemetry_processors(envelopes))
+        built = envelopes.build_envelopes(batch, lambda item: handler.log_record_to_envelope(self._record(item)))
+        return list(handler.apply_telemetry_processors(built))
 
     def send(self, batch: list[Any], timeout: float) -> str:
         """Build the envelopes with the handler and post them; map its status to ours."""
         handler = self.handler
-        envelopes = self._cache.get(batch, self._build)
+        built = self._cache.get(batch, self._build)
         handler.options.timeout = timeout
-        status = handler._transmit(envelopes)
+        status = handler._transmit(built)
         if status == self._codes.SUCCESS:
-            return _queue.OK
-        self.last_error = appinsights.last_transport_message(self.connection.instrumentation_key)
+            return export.OK
+        self.last_error = envelopes.last_transport_message(self.connection.instrumentation_key)
         if status == self._codes.RETRY:
-            return _queue.RETRY
-        return _queue.DROP
+            return export.RETRY
+        return export.DROP
 
     def close(self, timeout: float) -> None:
         """Close the handler (its worker is already stopped, so this returns at once)."""

@@ -24,8 +24,8 @@ import time
 import traceback
 from typing import Any
 
-from amldbg.logs import _queue, appinsights
-from amldbg.logs._settings import ConnectionString
+from amldbg.logs import envelopes, export
+from amldbg.logs.connection import ConnectionString
 
 
 def _severity(levelno: int) -> int:
@@ -41,11 +41,11 @@ def _severity(levelno: int) -> int:
     return 5
 
 
-class OtelSink(_queue.Sink):
+class OtelSink(export.Sink):
     """Sends queued records with ``AzureMonitorLogExporter``."""
 
     def __init__(self, connection: ConnectionString) -> None:
-        appinsights.quiet_exporters()
+        envelopes.quiet_exporters()
         from azure.monitor.opentelemetry.exporter import AzureMonitorLogExporter
         from azure.monitor.opentelemetry.exporter.export._base import ExportResult
         from opentelemetry._logs import SeverityNumber
@@ -58,7 +58,7 @@ class OtelSink(_queue.Sink):
         self._severity_number = SeverityNumber
         self._scope = InstrumentationScope
         self._timeout = 10.0
-        self._cache = appinsights.CachedEnvelopes()
+        self._cache = envelopes.CachedEnvelopes()
         self.exporter = AzureMonitorLogExporter(
             connection_string=connection.value,
             credential=None,
@@ -102,9 +102,9 @@ class OtelSink(_queue.Sink):
         self._log_record = record_class
 
     def _readable(self, item: Any) -> Any:
-        original = appinsights.Snapshot._make(item)
+        original = envelopes.Snapshot._make(item)
         message = original.message
-        attributes: dict[str, Any] = dict(appinsights.dimensions_for(original))
+        attributes: dict[str, Any] = dict(envelopes.dimensions_for(original))
         if original.exc_info and original.exc_info[0] is not None:
             exc_type, exc_value, exc_tb = original.exc_info
             attributes["exception.type"] = exc_type.__name__
@@ -124,17 +124,17 @@ class OtelSink(_queue.Sink):
     def send(self, batch: list[Any], timeout: float) -> str:
         """Build the envelopes with the exporter and post them; map its result to ours."""
         exporter = self.exporter
-        envelopes = self._cache.get(
-            batch, lambda items: appinsights.build_envelopes(items, lambda item: exporter._log_to_envelope(self._readable(item)))
+        built = self._cache.get(
+            batch, lambda items: envelopes.build_envelopes(items, lambda item: exporter._log_to_envelope(self._readable(item)))
         )
         self._timeout = timeout
-        result = exporter._transmit(envelopes)
+        result = exporter._transmit(built)
         if result == self._ok:
-            return _queue.OK
-        self.last_error = appinsights.last_transport_message(self.connection.instrumentation_key)
+            return export.OK
+        self.last_error = envelopes.last_transport_message(self.connection.instrumentation_key)
         if result == self._retry:
-            return _queue.RETRY
-        return _queue.DROP
+            return export.RETRY
+        return export.DROP
 
     def close(self, timeout: float) -> None:
         """Shut the exporter down (it holds no queue of its own here)."""

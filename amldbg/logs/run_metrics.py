@@ -1,7 +1,7 @@
 """Azure ML run metrics through azureml-core's ``Run.log`` (SDK v1 runs; ``aml`` extra).
 
 ``Run.get_context()`` is called on the export thread, and only inside a job
-(:func:`amldbg._env.run_context` ``.in_job``) or for a run the user handed over: importing
+(:func:`amldbg.core.environment.run_context` ``.in_job``) or for a run the user handed over: importing
 azureml-core takes over a second. What this module knows about the real ``Run``:
 
 * ``Run.log(name, value, description="", step=None)`` queues the value and returns; the
@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from amldbg import _announce
-from amldbg.logs import _queue
+from amldbg.core import announce
+from amldbg.logs import export
 
 #: Distinct metric names a run accepts.
 MAX_METRIC_NAMES = 50
@@ -36,18 +36,15 @@ def current_run() -> Any:
     return Run.get_context()
 
 
-class AzureMLRunSink(_queue.Sink):
+class AzureMLRunSink(export.Sink):
     """Logs queued metrics with ``run.log`` (``run`` given, or the job's own run)."""
 
     def __init__(self, run: Any = None) -> None:
         self.run = current_run() if run is None else run
         self.names: set[str] = set()
-        self._warned: set[str] = set()
 
     def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            _announce.warn(message)
+        announce.warn_once("run-metrics:" + key, message)
 
     def send(self, batch: list[Any], timeout: float) -> str:
         """Call ``run.log`` per metric; a refused metric is reported once and skipped."""
@@ -69,7 +66,7 @@ class AzureMLRunSink(_queue.Sink):
             except Exception as error:
                 self.last_error = f"{type(error).__name__}: {error}"
                 self._warn_once("log:" + name, f"Azure ML run metrics: run.log({name!r}) failed: {self.last_error}")
-        return _queue.OK
+        return export.OK
 
     def close(self, timeout: float) -> None:
         """``run.flush`` with the time left, so queued values reach the run before exit."""

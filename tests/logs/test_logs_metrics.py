@@ -12,7 +12,8 @@ import pytest
 from ingestion_server import IngestionServer, message, properties
 from logs_support import start_child, write_child
 
-from amldbg.logs import _settings, configure_logging, log_metric, log_metrics, metrics
+from amldbg.logs import configure_logging, log_metric, log_metrics, metrics
+from amldbg.logs import settings as log_settings
 
 
 @pytest.fixture(autouse=True)
@@ -22,10 +23,10 @@ def fresh_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
                  "AZUREML_RUN_ID", "AZUREML_RUN_TOKEN", "AMLDBG_METRICS", "AMLDBG_LOG_ALL_RANKS",
                  "APPLICATIONINSIGHTS_CONNECTION_STRING"):
         monkeypatch.delenv(name, raising=False)
-    _settings._settings = None
+    log_settings.reset()
     metrics.reset()
     yield
-    _settings._settings = None
+    log_settings.reset()
     metrics.reset()
 
 

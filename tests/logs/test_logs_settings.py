@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from amldbg.logs._settings import (
-    ConnectionStringError,
-    LogSettings,
-    from_environment,
-    parse_connection_string,
-)
+from amldbg.logs.connection import ConnectionStringError, parse_connection_string
+from amldbg.logs.settings import LogSettings, from_environment
 
 KEY = "0f8fad5b-d9cb-469f-a165-70867728950e"
 

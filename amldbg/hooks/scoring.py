@@ -30,7 +30,10 @@ import time
 import traceback
 from typing import Any, Callable, Mapping, TypeVar, overload
 
-from amldbg import _announce, _env, parallel
+from amldbg.core import announce, runtime
+from amldbg.core import settings as settings_module
+from amldbg.core.guard import describe
+from amldbg.hooks import parallel
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -41,9 +44,9 @@ DEFAULT_INIT_TIMEOUT = 30.0
 #: Set to 1/0 to log (or not) one line per ``run()`` call; the default logs per mini-batch
 #: in ParallelRunStep and not per request under the inference server (which logs its own).
 LOG_CALLS_ENV = "AMLDBG_LOG_CALLS"
-_TIMEOUT_ENV = "AMLDBG_REMOTE_DEBUG_CONNECTION_TIMEOUT"
-_ENABLED_ENV = "AMLDBG_REMOTE_DEBUG"
-_POST_MORTEM_ENV = "AMLDBG_REMOTE_DEBUG_POST_MORTEM"
+_TIMEOUT_ENV = settings_module.env_var("remote_debug_connection_timeout")
+_ENABLED_ENV = settings_module.env_var("remote_debug")
+_POST_MORTEM_ENV = settings_module.env_var("remote_debug_post_mortem")
 
 # Bound once: the wrapper's hot path then costs two global look-ups, not attribute look-ups.
 _clock = time.perf_counter
@@ -81,15 +84,15 @@ _sink: Callable[[int, str], None] | None = None
 
 
 def _announce_sink(level: int, message: str) -> None:
-    _announce.say(_announce.PREFIX + message)
+    announce.say(announce.PREFIX + message)
 
 
 def _resolve_sink() -> Callable[[int, str], None]:
     # Inside ParallelRunStep the runtime's logger writes to logs/user/<ip>/Process-*.txt,
     # where users look for a mini-batch's failure.
-    logger = parallel.entry_script_logger()
+    logger = runtime.entry_script_logger()
     if logger is not None:
-        return lambda level, message: logger.log(level, _announce.PREFIX + message)
+        return lambda level, message: logger.log(level, announce.PREFIX + message)
     # Elsewhere amldbg's logger: its driver-log handler writes to sys.stdout, which the
     # inference server leaves alone (it reroutes print() only), so the lines land in the
     # server's log; with Application Insights configured they are exported there too.
@@ -108,7 +111,7 @@ def _emit(level: int, message: str) -> None:
             _sink = _resolve_sink()
         _sink(level, message)
     except Exception as error:  # a broken logger must not turn into the user's failure
-        _announce.warn(f"could not write a log line through the configured logger: {error}")
+        announce.warn(f"could not write a log line through the configured logger: {error}")
         _announce_sink(level, message)
 
 
@@ -192,77 +195,83 @@ def _before_init(func: Any) -> Any:
     try:
         return _start_debugging(options, env)
     except Exception as error:  # amldbg's own failure: one line, and init() still runs
-        _announce.warn(f"remote debugging failed and is off: {error}")
+        announce.warn(f"remote debugging failed and is off: {describe(error)}")
         return None
 
 
+def entry_settings(options: _InitOptions, env: Mapping[str, str]) -> settings_module.DebugSettings:
+    """The settings of an entry script, resolved once: keyword options, then ``AMLDBG_*``,
+    with a 30 s connection timeout unless the variable sets one."""
+    timeout = options.timeout
+    if timeout is None and not env.get(_TIMEOUT_ENV, "").strip():
+        timeout = DEFAULT_INIT_TIMEOUT
+    return settings_module.resolve_settings(
+        None,
+        env=env,
+        enabled=options.enabled,
+        timeout=timeout,
+        port=options.port,
+        listen_host=options.listen_host,
+        client_ip=options.client_ip,
+    )
+
+
 def _start_debugging(options: _InitOptions, env: Mapping[str, str]) -> Any:
-    from amldbg.cli_args import parse_bool, resolve_settings
-    from amldbg.debug import enable_remote_debug
+    from amldbg.debugger import remote
 
-    if options.enabled is None:
-        try:
-            if not parse_bool(env.get(_ENABLED_ENV, "")):
-                return None
-        except ValueError:
-            pass  # enable_remote_debug reports the bad value in its one warning line
+    settings = entry_settings(options, env)
+    if not settings.remote_debug:
+        # Off, or an invalid AMLDBG_REMOTE_DEBUG (warned about once): never listen.
+        return None
 
-    worker = _env.gunicorn_worker()
-    if worker is None and _env.inference_server_preloads(env):
+    worker = runtime.gunicorn_worker()
+    if worker is None and runtime.inference_server_preloads(env):
         # init() runs in the gunicorn master, which then forks the workers: a debugger
         # started here would not survive into them, and its port would stay taken.
-        _announce.warn(
+        announce.warn(
             "remote debugging is off: WORKER_PRELOAD=true runs init() in the gunicorn master "
             "before it forks the workers; unset WORKER_PRELOAD while debugging"
         )
         return None
-    in_prs = worker is None and parallel.in_parallel_run(env)
+    in_prs = worker is None and runtime.in_parallel_run(env)
     offset = 0
     who = f"pid {os.getpid()}"
     if worker is not None:
         offset = worker.index
         who = f"inference server worker {worker.index + 1} of {worker.count} (pid {worker.pid})"
     elif in_prs:
-        index = parallel.process_index(env)
+        index = runtime.process_index(env)
         try:
             selected = parallel.selected_processes(env)
         except ValueError as error:
-            _announce.warn(f"ignoring {parallel.PROCESSES_ENV}: {error}; only process 0 debugs")
+            announce.warn_once(
+                "processes:" + str(error),
+                f"ignoring {parallel.PROCESSES_ENV}: {error}; only process 0 debugs",
+            )
             selected = (0,)
         if selected is not None and index not in selected:
-            _announce.info(
-                f"ParallelRunStep process {index} (pid {os.getpid()}) does not debug "
+            announce.info(
+                f"parallel job process {index} (pid {os.getpid()}) does not debug "
                 f"({parallel.PROCESSES_ENV}={','.join(map(str, selected))})"
             )
             return None
         offset = index
-        who = f"ParallelRunStep process {index} (pid {os.getpid()})"
+        who = f"parallel job process {index} (pid {os.getpid()})"
 
-    overrides: dict[str, Any] = {
-        "listen_host": options.listen_host,
-        "client_ip": options.client_ip,
-        "enabled": options.enabled,
-    }
-    if options.timeout is not None:
-        overrides["timeout"] = options.timeout
-    elif _TIMEOUT_ENV not in env:
-        overrides["timeout"] = DEFAULT_INIT_TIMEOUT
-    base = options.port if options.port is not None else resolve_settings(None, env=env).port
+    base = settings.port
     if base and offset:
-        overrides["port"] = base + offset
-        _announce.info(f"{who} debugs on port {base + offset} (base port {base} + {offset})")
-    elif options.port is not None:
-        overrides["port"] = base
+        settings = dataclasses.replace(settings, remote_debug_port=base + offset)
+        announce.info(f"{who} debugs on port {base + offset} (base port {base} + {offset})")
 
-    session = enable_remote_debug(None, **overrides)
+    session = remote.enable_with(settings)
     if session.active and (worker is not None or in_prs):
         if session.mode == "reused":
             what = "reuses the debugger already active in this process"
         else:
             what = f"debugger {session.mode} on {session.host}:{session.port}"
-        _announce.info(f"{who}: {what}, attached={session.attached}")
+        announce.info(f"{who}: {what}, attached={session.attached}")
     if session.active and worker is not None and worker.timeout:
-        _announce.info(
+        announce.info(
             f"gunicorn replaces a worker that does not answer for {worker.timeout:g} s "
             f"(WORKER_TIMEOUT), including one paused at a breakpoint; raise WORKER_TIMEOUT "
             f"while debugging"
@@ -303,17 +312,10 @@ def debug_run(func: Any = None, *, log_calls: bool | None = None) -> Any:
     under a microsecond per call when nothing is logged.
     """
     if log_calls is None:
-        raw = os.environ.get(LOG_CALLS_ENV)
-        if raw is not None:
-            from amldbg.cli_args import parse_bool
-
-            try:
-                log_calls = parse_bool(raw)
-            except ValueError as error:
-                _announce.warn(f"ignoring {LOG_CALLS_ENV}={raw!r}: {error}")
+        log_calls = settings_module.read_env(LOG_CALLS_ENV, settings_module.parse_bool, None)
         if log_calls is None:
             try:
-                log_calls = parallel.in_parallel_run()
+                log_calls = runtime.in_parallel_run()
             except Exception:
                 log_calls = False
     options = _RunOptions(log_calls=bool(log_calls))
@@ -366,11 +368,11 @@ def _name(func: Any) -> str:
 
 def _batch(args: tuple[Any, ...]) -> tuple[str, str]:
     """``(" on a mini-batch of N items", " (process I)")`` in ParallelRunStep, else empty."""
-    if not parallel.in_parallel_run():
+    if not runtime.in_parallel_run():
         return "", ""
     items = _size(args[0]) if args else None
     text = f" on a mini-batch of {items} item{'s' if items != 1 else ''}" if items is not None else ""
-    return text, f" (process {parallel.process_index()})"
+    return text, f" (process {runtime.process_index()})"
 
 
 def _succeeded(func: Any, elapsed: float, args: tuple[Any, ...], result: Any) -> None:
@@ -383,7 +385,7 @@ def _succeeded(func: Any, elapsed: float, args: tuple[Any, ...], result: Any) ->
         counts = f" -> {results} result{'s' if results != 1 else ''}" if results is not None else ""
         _emit(logging.INFO, f"{_name(func)}(){batch}{counts} took {elapsed * 1000:.1f} ms{process}")
     except Exception as error:
-        _announce.warn(f"could not log the call of run(): {error}")
+        announce.warn(f"could not log the call of run(): {error}")
 
 
 def request_ids(request_headers: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -434,29 +436,29 @@ def _failed(
             f"{_name(func)}(){batch} failed ({', '.join(details)}):\n{text.rstrip()}",
         )
     except Exception as own:
-        _announce.warn(f"could not log the failure of run(): {own}")
+        announce.warn(f"could not log the failure of run(): {own}")
     _post_mortem(error)
 
 
 def _post_mortem(error: BaseException) -> None:
-    """Show the failure to the remote debugger when ``AMLDBG_REMOTE_DEBUG_POST_MORTEM`` asks.
+    """Show the failure to the remote debugger when post-mortem debugging is on.
 
-    The host catches run()'s exceptions itself (the server answers 500, ParallelRunStep
+    The host catches run()'s exceptions itself (the server answers 500, a parallel job
     counts a failed mini-batch), so they never reach the post-mortem exception hooks; this
-    is where they can be shown, stopped at the frame that raised. The wait for a client
-    uses the entry-script timeout (30 s unless set): a request cannot wait 300 s.
+    is where they can be shown, stopped at the frame that raised. On: armed by
+    ``--remote_debug_post_mortem`` or :func:`amldbg.enable_post_mortem` in this process, or
+    ``AMLDBG_REMOTE_DEBUG_POST_MORTEM=1``. The wait for a client uses the entry-script
+    timeout (30 s unless set): a request cannot wait 300 s.
     """
-    if _POST_MORTEM_ENV not in os.environ:
-        return
     try:
-        from amldbg import postmortem
-        from amldbg.cli_args import resolve_settings
+        from amldbg.debugger import postmortem
 
-        if not resolve_settings().remote_debug_post_mortem:
-            return
-        overrides: dict[str, Any] = {}
-        if _TIMEOUT_ENV not in os.environ:
-            overrides["timeout"] = DEFAULT_INIT_TIMEOUT
-        postmortem.post_mortem(error, **overrides)
+        settings = postmortem.enabled_settings() or settings_module.remembered()
+        if settings is None:
+            if _POST_MORTEM_ENV not in os.environ:
+                return
+            settings = entry_settings(_InitOptions(), os.environ)
+        if settings.remote_debug_post_mortem:
+            postmortem.show(error, settings, "run()")
     except Exception as own:
-        _announce.warn(f"post-mortem debugging of run() failed: {own}")
+        announce.warn(f"post-mortem debugging of run() failed: {describe(own)}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from typing import Any
 
 PREFIX = "amldbg: "
@@ -48,6 +49,30 @@ def info(message: str) -> None:
 def warn(message: str) -> None:
     """Write the single ``amldbg: warning: ...`` line that reports a failure of amldbg's own."""
     say(PREFIX + "warning: " + message)
+
+
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def warn_once(key: str, message: str) -> bool:
+    """Write :func:`warn`'s line once per ``key`` for the life of the process.
+
+    Returns True when the line was written now. A forked child keeps its parent's memory
+    of what was said: the parent's driver log already shows it.
+    """
+    with _warned_lock:
+        if key in _warned:
+            return False
+        _warned.add(key)
+    warn(message)
+    return True
+
+
+def forget_warnings() -> None:
+    """Forget which warnings were given (tests change the environment between cases)."""
+    with _warned_lock:
+        _warned.clear()
 
 
 def endpoint(**fields: Any) -> None:

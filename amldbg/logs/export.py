@@ -13,7 +13,7 @@ Here:
   constructors can block for seconds, and import heavy packages) and sends batches.
   Retryable failures (refused connection, timeouts, 429/5xx) keep the batch and retry
   with exponential back-off; permanent ones drop it with one warning.
-* At exit, pending records get a bounded grace period (:data:`~amldbg.logs._settings.DEFAULT_GRACE_PERIOD`
+* At exit, pending records get a bounded grace period (:data:`~amldbg.logs.settings.DEFAULT_GRACE_PERIOD`
   seconds by default); every request made during it is limited to the time left, so the
   process never hangs.
 * After ``fork`` the child starts from an empty queue and builds its own sinks on first
@@ -31,7 +31,7 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
-from amldbg import _announce
+from amldbg.core import announce
 
 OK = "ok"
 RETRY = "retry"
@@ -86,8 +86,6 @@ class Channel:
         self.backoff = 0.0
         self.dropped_full = 0
         self.lost = 0
-        self.delivered = 0
-        self.failing = False
 
     def put(self, item: Any) -> None:
         """Queue one item; never blocks. When the queue is full the oldest item is dropped."""
@@ -126,7 +124,6 @@ class Exporter:
         self._stop_deadline: float | None = None
         self._thread: threading.Thread | None = None
         self._finished = threading.Event()
-        self._warned: set[str] = set()
         self._reported = False
         self.thread_ident: int | None = None
         # True while a sink is being built (imports in progress) or a batch is being
@@ -178,10 +175,7 @@ class Exporter:
 
     def warn_once(self, key: str, message: str) -> None:
         """Write one ``amldbg: warning:`` line per ``key`` for the life of the process."""
-        if key in self._warned:
-            return
-        self._warned.add(key)
-        _announce.warn(message)
+        announce.warn_once("export:" + key, message)
 
     def flush(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s until every queue is sent; True when all were."""
@@ -225,14 +219,14 @@ class Exporter:
         self._reported = True
         for ch in list(self.channels.values()):
             if ch.dropped_full:
-                _announce.warn(
+                announce.warn(
                     f"{ch.name}: the queue was full; {ch.dropped_full} oldest record(s) were "
                     f"dropped (queue size {ch.maxlen})"
                 )
             undelivered = ch.backlog() + ch.lost
             if undelivered and not ch.broken:
                 detail = f" (last error: {ch.sink.last_error})" if ch.sink and ch.sink.last_error else ""
-                _announce.warn(
+                announce.warn(
                     f"{ch.name}: {undelivered} record(s) were not delivered within the "
                     f"{self.grace_period:g} s grace period{detail}"
                 )
@@ -341,11 +335,7 @@ class Exporter:
             ch.pending = None
             ch.backoff = 0.0
             ch.retry_at = 0.0
-            ch.delivered += count
-            if ch.failing:
-                ch.failing = False
         elif result == RETRY:
-            ch.failing = True
             ch.backoff = min(max(0.5, ch.backoff * 2), MAX_BACKOFF)
             ch.retry_at = time.monotonic() + (EXIT_BACKOFF if deadline is not None else ch.backoff)
             self.warn_once(
@@ -417,6 +407,13 @@ def current_generation() -> int:
     return _generation
 
 
+def is_export_thread(thread_ident: int | None) -> bool:
+    """True for the identity of this process's export thread (records it makes must not
+    be exported or printed: they are the exporters' own transport messages)."""
+    exporter = _exporter
+    return exporter is not None and thread_ident is not None and thread_ident == exporter.thread_ident
+
+
 def existing_exporter() -> Exporter | None:
     """The exporter if one was created in this process, else None (no thread is started)."""
     return _exporter
@@ -441,7 +438,7 @@ _THIRD_PARTY_LOCKS = (
     ("azure.monitor.opentelemetry.exporter.statsbeat._state", "_REQUESTS_MAP_LOCK"),
     ("azure.monitor.opentelemetry.exporter.statsbeat._state", "_STATSBEAT_STATE_LOCK"),
     ("azure.monitor.opentelemetry.exporter._utils", "_INSTRUMENTATIONS_BIT_MASK_LOCK"),
-    ("amldbg.logs._context", "_lock"),
+    ("amldbg.logs.context", "_lock"),
     ("amldbg.logs.metrics", "_lock"),
 )
 

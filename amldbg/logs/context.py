@@ -1,7 +1,7 @@
 """The run-context dimensions every Application Insights record carries.
 
 People filter traces by run, pipeline step, node and rank; these come from
-:mod:`amldbg._env` (the only reader of the Azure ML variables) and are computed once per
+:mod:`amldbg.core.environment` (the only reader of the Azure ML variables) and are computed once per
 process (a forked child computes its own, since its pid differs).
 """
 
@@ -10,15 +10,15 @@ from __future__ import annotations
 import os
 import threading
 
-from amldbg import _env
+from amldbg.core import environment
 
 _lock = threading.Lock()
 _cache: tuple[int, dict[str, str]] | None = None
 
 
 def _compute() -> dict[str, str]:
-    ctx = _env.run_context()
-    topo = _env.topology()
+    ctx = environment.run_context()
+    topo = environment.topology()
     dims: dict[str, str] = {}
     for key, value in (
         ("run_id", ctx.run_id),
@@ -31,7 +31,7 @@ def _compute() -> dict[str, str]:
         if value:
             dims[key] = value
     try:
-        dims["node_address"] = _env.node_address()[0]
+        dims["node_address"] = environment.node_address()[0]
     except Exception:  # a broken network stack must not stop logging
         dims["node_address"] = "unknown"
     dims["rank"] = str(topo.rank)

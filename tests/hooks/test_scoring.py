@@ -146,7 +146,7 @@ def test_attach_stop_in_run_read_local_and_answer(tmp_path: Path) -> None:
 def test_debugging_off_no_listener_no_debugpy_normal_answers(tmp_path: Path) -> None:
     probe = write(tmp_path / "probe.py", """
         import sys
-        from amldbg.scoring import debug_init, debug_run
+        from amldbg.hooks.scoring import debug_init, debug_run
 
         @debug_init
         def init():
@@ -170,7 +170,7 @@ def test_debugging_off_no_listener_no_debugpy_normal_answers(tmp_path: Path) -> 
 
 def test_init_raising_fails_the_server_with_the_traceback_logged(tmp_path: Path) -> None:
     entry = write(tmp_path / "bad_init.py", """
-        from amldbg.scoring import debug_init, debug_run
+        from amldbg.hooks.scoring import debug_init, debug_run
 
         @debug_init
         def init():
@@ -210,7 +210,7 @@ RUN_RAISES = """
 def test_run_raising_answers_500_as_without_amldbg_and_logs_the_traceback(tmp_path: Path) -> None:
     plain = write(tmp_path / "plain.py", RUN_RAISES.format(imports="", decorator=""))
     hooked = write(tmp_path / "hooked.py", RUN_RAISES.format(
-        imports="from amldbg.scoring import debug_run", decorator="@debug_run"))
+        imports="from amldbg.hooks.scoring import debug_run", decorator="@debug_run"))
     headers = {"x-request-id": "req-42", "x-ms-client-request-id": "client-7"}
     answers = {}
     outputs = {}
@@ -288,7 +288,7 @@ SCHEMA_IMPORTS = """
     import numpy as np
     from inference_schema.parameter_types.numpy_parameter_type import NumpyParameterType
     from inference_schema.schema_decorators import input_schema
-    from amldbg.scoring import debug_init, debug_run
+    from amldbg.hooks.scoring import debug_init, debug_run
 
     def naive(func):
         # The trap: this wrapper's closure holds a logger besides the function.
@@ -341,7 +341,7 @@ def test_inference_schema_composes_in_either_order(tmp_path: Path, order: str) -
 def test_request_headers_and_rawhttp_keep_working_through_the_wrapper(tmp_path: Path) -> None:
     entry = write(tmp_path / "headers_score.py", """
         from azureml_inference_server_http.api.aml_request import rawhttp
-        from amldbg.scoring import debug_init, debug_run
+        from amldbg.hooks.scoring import debug_init, debug_run
 
         @debug_init
         def init():
@@ -399,7 +399,7 @@ def test_server_debug_mode_is_reused_not_doubled(tmp_path: Path) -> None:
 def test_timeout_precedence_option_over_environment_over_30(tmp_path: Path) -> None:
     script = write(tmp_path / "direct.py", """
         import sys
-        from amldbg.scoring import debug_init
+        from amldbg.hooks.scoring import debug_init
 
         @debug_init(timeout=float(sys.argv[1])) if len(sys.argv) > 1 else debug_init
         def init():
@@ -420,7 +420,7 @@ def test_timeout_precedence_option_over_environment_over_30(tmp_path: Path) -> N
 
 
 def test_sample_launch_json_is_the_deployment_entry() -> None:
-    from amldbg import launch_config
+    from amldbg.core import vscode as launch_config
 
     document = json.loads((SAMPLES / "launch.json").read_text())
     first, second = document["configurations"]
@@ -455,7 +455,7 @@ def test_wrappers_keep_metadata_and_close_over_the_function_only() -> None:
     from inference_schema.schema_decorators import input_schema
     from inference_schema.schema_util import is_schema_decorated
 
-    from amldbg.scoring import debug_init, debug_run
+    from amldbg.hooks.scoring import debug_init, debug_run
 
     def run(data: list, request_headers: dict) -> list:  # type: ignore[type-arg]
         """Score."""
@@ -475,7 +475,7 @@ def test_wrappers_keep_metadata_and_close_over_the_function_only() -> None:
 
 def test_post_mortem_stops_at_the_raising_frame_then_answers_500(tmp_path: Path) -> None:
     entry = write(tmp_path / "pm_score.py", RUN_RAISES.format(
-        imports="from amldbg.scoring import debug_run", decorator="@debug_run"))
+        imports="from amldbg.hooks.scoring import debug_run", decorator="@debug_run"))
     debug_port = free_port()
     run, port = start_server(entry, tmp_path, AMLDBG_REMOTE_DEBUG_POST_MORTEM="1",
                              AMLDBG_REMOTE_DEBUG_PORT=str(debug_port),

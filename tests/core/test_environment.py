@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from amldbg import _env
+from amldbg.core import environment as _env
 
 
 def test_single_process_without_launcher_variables() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from amldbg.logs import _queue
+from amldbg.logs import export as _queue
 
 
 class GateSink(_queue.Sink):

@@ -25,15 +25,14 @@ import os
 import sys
 from typing import Any, Mapping, TypeVar
 
-from amldbg import _announce, _env
-from amldbg.cli_args import DebugSettings, resolve_settings
+from amldbg.core import announce, environment
+from amldbg.core import settings as settings_module
+from amldbg.core.settings import DebugSettings
 
 T = TypeVar("T", int, float, datetime.timedelta)
 
 #: torch.distributed's default process-group timeout for non-NCCL backends (gloo, mpi).
 TORCH_DEFAULT_TIMEOUT = datetime.timedelta(minutes=30)
-#: ParallelRunConfig's default run_invocation_timeout, in seconds.
-PARALLEL_RUN_DEFAULT_TIMEOUT = 60
 #: The inference server's default gunicorn worker timeout (WORKER_TIMEOUT), in seconds.
 GUNICORN_DEFAULT_TIMEOUT = 300
 
@@ -53,9 +52,10 @@ def watchdog_timeout(default: T, args: Any = None, **overrides: Any) -> T:
     (``int`` or ``float`` seconds, or a ``datetime.timedelta``); otherwise ``default``
     unchanged. Every rank gets the same answer whichever ranks debug, because the ranks
     that are *not* stopped are the ones whose watchdogs fire. ``args`` and ``overrides`` are
-    read as by :func:`amldbg.enable_remote_debug`.
+    read as by :func:`amldbg.enable_remote_debug`; without them, the settings the script
+    enabled debugging with (its flags), else the ``AMLDBG_*`` variables.
     """
-    seconds = _lengthen_to(resolve_settings(args, **overrides))
+    seconds = _lengthen_to(settings_module.settings_for(args, **overrides))
     if seconds <= 0:
         return default
     longer: Any
@@ -92,11 +92,12 @@ def process_group_timeout(
     Returns ``default`` (``None`` lets torch choose) unless debugging is enabled and
     ``--remote_debug_watchdog_timeout`` is set; then the larger of that and ``default``
     (or torch's default for ``backend`` when ``default`` is ``None``), so a rank held at a
-    breakpoint does not make its peers' collectives time out::
+    breakpoint does not make its peers' collectives time out. Without ``args`` it follows the
+    flags the script enabled debugging with, else the ``AMLDBG_*`` variables::
 
         dist.init_process_group("gloo", timeout=amldbg.process_group_timeout(backend="gloo"))
     """
-    seconds = _lengthen_to(resolve_settings(args, **overrides))
+    seconds = _lengthen_to(settings_module.settings_for(args, **overrides))
     if seconds <= 0:
         return default
     base = default if default is not None else _torch_default(backend)
@@ -104,7 +105,7 @@ def process_group_timeout(
 
 
 def announce_watchdogs(
-    settings: DebugSettings, topology: _env.Topology, env: Mapping[str, str] | None = None
+    settings: DebugSettings, topology: environment.Topology, env: Mapping[str, str] | None = None
 ) -> None:
     """Write one line about the watchdog that may end a debug session early, if any.
 
@@ -116,13 +117,13 @@ def announce_watchdogs(
     if topology.is_distributed:
         lengthen = settings.remote_debug_watchdog_timeout
         if lengthen > 0:
-            _announce.info(
+            announce.info(
                 f"while this rank is stopped the other {topology.world_size - 1} wait in their "
                 f"collectives; timeouts passed through amldbg.process_group_timeout() are at "
                 f"least {lengthen:g} s"
             )
         else:
-            _announce.info(
+            announce.info(
                 f"while this rank is stopped the other {topology.world_size - 1} wait in their "
                 f"collectives and fail after the process-group timeout (torch.distributed: 30 "
                 f"min by default); pass timeout=amldbg.process_group_timeout() to "
@@ -135,7 +136,7 @@ def announce_watchdogs(
         except ValueError:
             return
         if 0 < worker_timeout <= max(settings.timeout, settings.remote_debug_watchdog_timeout):
-            _announce.info(
+            announce.info(
                 f"gunicorn ends a worker that has not answered for WORKER_TIMEOUT={raw} s, "
                 f"also while it is stopped in the debugger; set WORKER_TIMEOUT on the "
                 f"deployment to debug longer"

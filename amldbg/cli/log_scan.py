@@ -2,7 +2,7 @@
 
 Two kinds of announcement are recognised:
 
-* amldbg's machine-readable ``amldbg endpoint: {json}`` lines (see :mod:`amldbg._announce`),
+* amldbg's machine-readable ``amldbg endpoint: {json}`` lines (see :mod:`amldbg.core.announce`),
   written once per state change of an endpoint (``waiting`` then ``attached``...);
 * the hand-written guide's lines, ``Timeout for debug connection: 300``,
   ``ip_address: 10.3.0.5`` and ``Debugger attached = True``, plus amldbg's ``port: N``.
@@ -24,7 +24,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
-from amldbg._announce import ENDPOINT_MARKER
+from amldbg.core.announce import ENDPOINT_MARKER
 
 #: The guide's default debug port, assumed when a log names none.
 GUIDE_DEFAULT_PORT = 5678

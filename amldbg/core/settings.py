@@ -1,19 +1,31 @@
-"""The ``--remote_debug`` flags, their ``AMLDBG_*`` environment variables, and their resolution.
+r"""Settings: the flag table, one parser per value type, and the resolved, immutable settings.
 
-A setting resolves as: the flag given on the command line, else the environment variable
-``AMLDBG_<FLAG NAME IN UPPER CASE>``, else the built-in default. Pipeline steps pass their
-arguments as strings (``'--remote_debug_port', 5678`` arrives as ``"5678"``), so every value
-is parsed from text the same way whichever route it came by.
+A remote-debug setting resolves as: a keyword override, else the flag given on the command
+line (or the key of a mapping), else the environment variable ``AMLDBG_<FLAG NAME IN UPPER
+CASE>``, else the built-in default. Pipeline steps pass their arguments as strings
+(``'--remote_debug_port', 5678`` arrives as ``"5678"``), so every value is parsed from text
+by the same parser whichever route it came by.
+
+Each public entry point of amldbg resolves the settings once into a :class:`DebugSettings`
+and passes that object down; the first one that enables something :func:`remember`\ s it,
+so helpers called later without arguments (``amldbg.process_group_timeout()``) follow the
+flags the script was started with.
+
+Invalid values fail closed: a value that cannot be parsed gives one warning line per
+process and the default, and every switch whose "on" opens a port or waits defaults to off.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import math
 import os
-from typing import Any, Callable, Mapping
+import threading
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
-from amldbg._announce import warn
+from amldbg.core import announce
+
+T = TypeVar("T")
 
 ENV_PREFIX = "AMLDBG_"
 
@@ -94,8 +106,47 @@ def parse_ranks(text: Any) -> tuple[int, ...] | None:
     return ranks
 
 
+def parse_number(text: Any) -> float:
+    """Parse a finite number (``"2.5"``, ``3``)."""
+    if isinstance(text, bool):
+        raise ValueError(f"expected a number, got {text!r}")
+    try:
+        number = float(str(text).strip())
+    except ValueError:
+        raise ValueError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"expected a finite number, got {text!r}")
+    return number
+
+
+def parse_positive_int(text: Any) -> int:
+    """Parse a whole number above 0 (``"20000"``)."""
+    number = parse_number(text)
+    if not number.is_integer() or number < 1:
+        raise ValueError(f"expected a whole number above 0, got {text!r}")
+    return int(number)
+
+
+def parse_choice(choices: Sequence[str]) -> Callable[[Any], str]:
+    """A parser that accepts one of ``choices`` (any case, surrounding blanks ignored)."""
+
+    def parse(text: Any) -> str:
+        value = str(text).strip().lower()
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {text!r}")
+        return value
+
+    parse.__name__ = "parse_choice"
+    return parse
+
+
 @dataclasses.dataclass(frozen=True)
-class _Flag:
+class Flag:
+    """One ``--remote_debug*`` flag: its name, parser, default and help text.
+
+    ``env_var`` is the ``AMLDBG_*`` variable that sets it when the flag is not given.
+    """
+
     name: str
     parse: Callable[[Any], Any]
     default: Any
@@ -105,29 +156,31 @@ class _Flag:
 
     @property
     def option(self) -> str:
+        """The command-line option, ``--remote_debug_port``."""
         return "--" + self.name
 
     @property
     def env_var(self) -> str:
+        """The environment variable, ``AMLDBG_REMOTE_DEBUG_PORT``."""
         return ENV_PREFIX + self.name.upper()
 
 
-FLAGS: tuple[_Flag, ...] = (
-    _Flag(
+FLAGS: tuple[Flag, ...] = (
+    Flag(
         "remote_debug",
         parse_bool,
         False,
         "start the debugger (debugpy) and wait for VS Code to attach",
         is_switch=True,
     ),
-    _Flag(
+    Flag(
         "remote_debug_connection_timeout",
         parse_timeout,
         DEFAULT_TIMEOUT,
         "seconds to wait for a debugger client; 0 listens without waiting (default: %(default)s)",
         "SECONDS",
     ),
-    _Flag(
+    Flag(
         "remote_debug_client_ip",
         parse_optional_host,
         None,
@@ -135,14 +188,14 @@ FLAGS: tuple[_Flag, ...] = (
         "without it, the script listens for VS Code",
         "IP",
     ),
-    _Flag(
+    Flag(
         "remote_debug_port",
         parse_port,
         DEFAULT_PORT,
         "debug port; the next free one is used when it is taken (default: %(default)s)",
         "PORT",
     ),
-    _Flag(
+    Flag(
         "remote_debug_listen_host",
         parse_host,
         DEFAULT_LISTEN_HOST,
@@ -150,21 +203,21 @@ FLAGS: tuple[_Flag, ...] = (
         "127.0.0.1 only local ones (default: %(default)s)",
         "HOST",
     ),
-    _Flag(
+    Flag(
         "remote_debug_ranks",
         parse_ranks,
         (0,),
         "which ranks of a distributed job debug: 'all' or a list like 0,3 (default: 0)",
         "RANKS",
     ),
-    _Flag(
+    Flag(
         "remote_debug_subprocess",
         parse_bool,
         False,
         "also debug child processes (each child then starts about a second slower)",
         is_switch=True,
     ),
-    _Flag(
+    Flag(
         "remote_debug_keep_tracing",
         parse_bool,
         False,
@@ -172,7 +225,7 @@ FLAGS: tuple[_Flag, ...] = (
         "later stops at breakpoints in already running code (pure-Python code runs ~2x slower)",
         is_switch=True,
     ),
-    _Flag(
+    Flag(
         "remote_debug_post_mortem",
         parse_bool,
         False,
@@ -180,7 +233,7 @@ FLAGS: tuple[_Flag, ...] = (
         "for a client, stop at the frame that raised, then fail as the script would have",
         is_switch=True,
     ),
-    _Flag(
+    Flag(
         "remote_debug_route_breakpoint",
         parse_bool,
         False,
@@ -188,7 +241,7 @@ FLAGS: tuple[_Flag, ...] = (
         "(and do nothing otherwise) instead of starting pdb",
         is_switch=True,
     ),
-    _Flag(
+    Flag(
         "remote_debug_watchdog_timeout",
         parse_timeout,
         0.0,
@@ -199,8 +252,27 @@ FLAGS: tuple[_Flag, ...] = (
     ),
 )
 
-_FLAGS_BY_NAME = {flag.name: flag for flag in FLAGS}
-_GROUP_TITLE = "remote debugging (amldbg)"
+FLAGS_BY_NAME = {flag.name: flag for flag in FLAGS}
+
+#: Short keyword names accepted by the public functions (``timeout=``, ``port=``...).
+ALIASES = {
+    "enabled": "remote_debug",
+    "timeout": "remote_debug_connection_timeout",
+    "client_ip": "remote_debug_client_ip",
+    "port": "remote_debug_port",
+    "listen_host": "remote_debug_listen_host",
+    "ranks": "remote_debug_ranks",
+    "subprocess": "remote_debug_subprocess",
+    "keep_tracing": "remote_debug_keep_tracing",
+    "post_mortem": "remote_debug_post_mortem",
+    "route_breakpoint": "remote_debug_route_breakpoint",
+    "watchdog_timeout": "remote_debug_watchdog_timeout",
+}
+
+
+def env_var(name: str) -> str:
+    """The ``AMLDBG_*`` variable of the flag ``name`` (``"remote_debug_port"``)."""
+    return FLAGS_BY_NAME[ALIASES.get(name, name)].env_var
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,92 +309,61 @@ class DebugSettings:
         """The base debug port."""
         return self.remote_debug_port
 
-
-def _env_value(flag: _Flag, env: Mapping[str, str]) -> Any:
-    raw = env.get(flag.env_var)
-    if raw is None:
-        return flag.default
-    try:
-        return flag.parse(raw)
-    except ValueError as error:
-        warn(f"ignoring {flag.env_var}={raw!r}: {error}; using {flag.default!r}")
-        return flag.default
+    def debugs_rank(self, rank: int) -> bool:
+        """True when ``--remote_debug_ranks`` selects ``rank``."""
+        ranks = self.remote_debug_ranks
+        return ranks is None or rank in ranks
 
 
-def _argparse_type(flag: _Flag) -> Callable[[str], Any]:
-    def convert(text: str) -> Any:
-        try:
-            return flag.parse(text)
-        except ValueError as error:
-            # argparse reports ArgumentTypeError's text after the flag's name.
-            raise argparse.ArgumentTypeError(str(error)) from None
-
-    convert.__name__ = flag.name
-    return convert
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return "all" if value is None else str(value)
 
 
-def _existing_group(parser: argparse.ArgumentParser) -> Any:
-    for group in parser._action_groups:
-        if group.title == _GROUP_TITLE:
-            return group
-    return parser
+def read_env(
+    name: str,
+    parse: Callable[[Any], T],
+    default: T,
+    env: Mapping[str, str] | None = None,
+    *,
+    blank_is_default: bool = True,
+) -> T:
+    """The parsed value of the environment variable ``name``, else ``default``.
 
-
-def add_args(
-    parser: argparse.ArgumentParser, env: Mapping[str, str] | None = None
-) -> argparse._ArgumentGroup | argparse.ArgumentParser:
-    """Add the ``--remote_debug*`` flags to ``parser`` and return their argument group.
-
-    The flags are the ones the Azure ML debugging guides use (``--remote_debug``,
-    ``--remote_debug_connection_timeout`` default 300, ``--remote_debug_client_ip``,
-    ``--remote_debug_port`` default 5678) plus ``--remote_debug_listen_host``,
-    ``--remote_debug_ranks``, ``--remote_debug_subprocess``,
-    ``--remote_debug_keep_tracing``, ``--remote_debug_post_mortem``,
-    ``--remote_debug_route_breakpoint`` and ``--remote_debug_watchdog_timeout``. Each one's default comes from its ``AMLDBG_*``
-    environment variable when set, so an explicit flag wins over the environment. Values may
-    arrive as strings; an invalid port or timeout is an argparse error naming the flag.
-    Calling it again on the same parser returns the existing group.
+    An unparsable value gives one warning line per process (naming the variable, the
+    problem and the value used instead) and ``default``: for a switch that opens a port or
+    waits, the default is off, so a typo never turns it on.
     """
-    if "--remote_debug" in parser._option_string_actions:
-        return _existing_group(parser)
     env = os.environ if env is None else env
-    group = parser.add_argument_group(
-        _GROUP_TITLE,
-        "Attach VS Code to this script on remote compute. Every flag can also be set by the "
-        "environment variable AMLDBG_<FLAG> (e.g. AMLDBG_REMOTE_DEBUG_PORT); a flag wins.",
-    )
-    for flag in FLAGS:
-        default = _env_value(flag, env)
-        help_text = f"{flag.help} [env: {flag.env_var}]"
-        if flag.is_switch:
-            group.add_argument(
-                flag.option, dest=flag.name, action="store_true", default=default, help=help_text
-            )
-        else:
-            group.add_argument(
-                flag.option,
-                dest=flag.name,
-                type=_argparse_type(flag),
-                default=default,
-                metavar=flag.metavar,
-                help=help_text,
-            )
-    return group
+    raw = env.get(name)
+    if raw is None or (blank_is_default and not str(raw).strip()):
+        return default
+    try:
+        return parse(raw)
+    except ValueError as error:
+        shown = str(raw)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        announce.warn_once(
+            f"env:{name}={raw}",
+            f"ignoring {name}={shown!r}: {error}; using {_describe(default)}",
+        )
+        return default
 
 
-class RemoteDebugArgsMixin:
-    """Give an ``argparse.ArgumentParser`` subclass the ``--remote_debug*`` flags.
+def _flag_env(flag: Flag, env: Mapping[str, str]) -> Any:
+    # A switch set to "" means off, as the boolean parser says; other blanks mean unset.
+    return read_env(flag.env_var, flag.parse, flag.default, env, blank_is_default=not flag.is_switch)
 
-    Put it before ``ArgumentParser`` in the bases::
 
-        class TrainParser(amldbg.RemoteDebugArgsMixin, argparse.ArgumentParser):
-            pass
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if isinstance(self, argparse.ArgumentParser):
-            add_args(self)
+def env_default(flag: Flag, env: Mapping[str, str] | None = None) -> Any:
+    """The value of ``flag`` when it is not given: its environment variable, else its default."""
+    return _flag_env(flag, os.environ if env is None else env)
 
 
 def resolve_settings(
@@ -330,30 +371,18 @@ def resolve_settings(
 ) -> DebugSettings:
     """Resolve the remote-debug settings.
 
-    ``args`` may be the ``argparse.Namespace`` from a parser given :func:`add_args`, a
-    mapping, or ``None``. For each setting the first of these wins: a keyword override
+    ``args`` may be the ``argparse.Namespace`` from a parser given :func:`amldbg.add_args`,
+    a mapping, or ``None``. For each setting the first of these wins: a keyword override
     (``timeout=``, ``port=`` or the full flag name), the value in ``args``, the ``AMLDBG_*``
-    environment variable, the default. Invalid environment values give one warning line and
-    the default; invalid explicit values raise ``ValueError``.
+    environment variable, the default. Invalid environment values give one warning line
+    per process and the default (off, for every switch); invalid explicit values raise
+    ``ValueError``.
     """
     env = os.environ if env is None else env
-    aliases = {
-        "enabled": "remote_debug",
-        "timeout": "remote_debug_connection_timeout",
-        "client_ip": "remote_debug_client_ip",
-        "port": "remote_debug_port",
-        "listen_host": "remote_debug_listen_host",
-        "ranks": "remote_debug_ranks",
-        "subprocess": "remote_debug_subprocess",
-        "keep_tracing": "remote_debug_keep_tracing",
-        "post_mortem": "remote_debug_post_mortem",
-        "route_breakpoint": "remote_debug_route_breakpoint",
-        "watchdog_timeout": "remote_debug_watchdog_timeout",
-    }
     explicit: dict[str, Any] = {}
     for key, value in overrides.items():
-        name = aliases.get(key, key)
-        if name not in _FLAGS_BY_NAME:
+        name = ALIASES.get(key, key)
+        if name not in FLAGS_BY_NAME:
             raise TypeError(f"unknown remote-debug setting {key!r}")
         if value is not None:
             explicit[name] = value
@@ -366,12 +395,55 @@ def resolve_settings(
         elif args is not None and not isinstance(args, Mapping) and hasattr(args, flag.name):
             raw = getattr(args, flag.name)
         else:
-            values[flag.name] = _env_value(flag, env)
+            values[flag.name] = _flag_env(flag, env)
             continue
         if raw is None:
             # None is a real value for the client IP (listen) and the ranks ("all").
             nullable = flag.default is None or flag.name == "remote_debug_ranks"
             values[flag.name] = None if nullable else flag.default
         else:
-            values[flag.name] = flag.parse(raw)
+            try:
+                values[flag.name] = flag.parse(raw)
+            except ValueError as error:
+                raise ValueError(f"{flag.option}: {error}") from None
     return DebugSettings(**values)
+
+
+_remembered: DebugSettings | None = None
+_remembered_pid = 0
+_lock = threading.Lock()
+
+
+def remember(settings: DebugSettings) -> DebugSettings:
+    """Keep ``settings`` as the ones this process was enabled with; returns them."""
+    global _remembered, _remembered_pid
+    with _lock:
+        _remembered = settings
+        _remembered_pid = os.getpid()
+    return settings
+
+
+def remembered() -> DebugSettings | None:
+    """The settings this process was enabled with, or ``None``.
+
+    A forked child inherits its parent's: it runs the same script with the same flags.
+    """
+    return _remembered
+
+
+def forget() -> None:
+    """Forget the remembered settings (tests use it)."""
+    global _remembered
+    with _lock:
+        _remembered = None
+
+
+def settings_for(args: Any = None, env: Mapping[str, str] | None = None, **overrides: Any) -> DebugSettings:
+    """What a helper called later uses: with no ``args`` and no overrides, the remembered
+    settings (else the environment's); otherwise :func:`resolve_settings` of what is given."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if args is None and not given:
+        found = remembered()
+        if found is not None:
+            return found
+    return resolve_settings(args, env=env, **given)

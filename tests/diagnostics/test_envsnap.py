@@ -132,7 +132,7 @@ def test_script_snapshot_in_the_driver_log_records_its_imports(
 ) -> None:
     python_a, python_b, _ = venvs
     script = tmp_path / "train.py"
-    script.write_text("import tinylib\nfrom amldbg.envsnap import write_env_snapshot\n\nwrite_env_snapshot()\nprint('training')\n")
+    script.write_text("import tinylib\nfrom amldbg.diagnostics.envsnap import write_env_snapshot\n\nwrite_env_snapshot()\nprint('training')\n")
     run = subprocess.run(
         [str(python_b), str(script)], capture_output=True, text=True, cwd=str(tmp_path),
         env=venv_env(), timeout=120,

@@ -204,7 +204,8 @@ def test_failing_mini_batch_logged_with_traceback_and_reraised(tmp_path: Path) -
 
 @pytest.fixture()
 def standin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    from amldbg import parallel, scoring
+    from amldbg.core import runtime as parallel
+    from amldbg.hooks import scoring
 
     monkeypatch.syspath_prepend(str(runtime_standin(tmp_path)))
     monkeypatch.chdir(tmp_path)
@@ -219,7 +220,7 @@ def standin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
 def test_process_index_from_agent_name_and_dataframe_rows(
     standin: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from amldbg.scoring import debug_run
+    from amldbg.hooks.scoring import debug_run
 
     monkeypatch.setenv("STANDIN_AGENT", "3")
     assert standin.in_parallel_run()
@@ -240,7 +241,7 @@ def test_process_index_from_agent_name_and_dataframe_rows(
 
 
 def test_the_users_exception_object_and_traceback_come_through(standin: Any, tmp_path: Path) -> None:
-    from amldbg.scoring import debug_run
+    from amldbg.hooks.scoring import debug_run
 
     raised = KeyError("missing column")
 
@@ -256,12 +257,13 @@ def test_the_users_exception_object_and_traceback_come_through(standin: Any, tmp
 
 
 def test_without_runtime_or_index_it_is_not_a_parallel_run(monkeypatch: pytest.MonkeyPatch) -> None:
-    from amldbg import parallel
+    from amldbg.core import runtime
+    from amldbg.hooks import parallel
 
     monkeypatch.delenv("AMLDBG_PROCESS_INDEX", raising=False)
-    monkeypatch.setattr(parallel, "_entry_script_class", parallel._NOT_LOOKED_UP)
-    assert not parallel.in_parallel_run()
-    assert parallel.process_index() == 0
+    monkeypatch.setattr(runtime, "_entry_script_class", runtime._NOT_LOOKED_UP)
+    assert not runtime.in_parallel_run()
+    assert runtime.process_index() == 0
     assert parallel.selected_processes({}) == (0,)
     assert parallel.selected_processes({"AMLDBG_REMOTE_DEBUG_PROCESSES": "all"}) is None
     with pytest.raises(ValueError):

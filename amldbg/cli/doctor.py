@@ -10,16 +10,22 @@ exporters are never imported.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import importlib.util
 import ipaddress
+import json
 import os
 import platform
 import sys
 from importlib import metadata
-from typing import Any, Mapping
+from typing import Any, Mapping, TextIO
 
-from amldbg import _env, cli_args
+from amldbg.cli.common import EXIT_NEGATIVE, EXIT_OK
+from amldbg.core import environment
+from amldbg.core import settings as core_settings
+from amldbg.logs import connection
+from amldbg.logs import settings as log_settings
 
 #: The oldest debugpy amldbg's debug extra accepts.
 MIN_DEBUGPY = (1, 8, 1)
@@ -96,11 +102,11 @@ def check_debugpy() -> Check:
 
 def settings_checks(
     env: Mapping[str, str], overrides: Mapping[str, Any]
-) -> tuple[list[Check], cli_args.DebugSettings]:
+) -> tuple[list[Check], core_settings.DebugSettings]:
     """The ``AMLDBG_*`` variables parse, and the settings the script would resolve."""
     checks: list[Check] = []
     clean = dict(env)
-    for flag in cli_args.FLAGS:
+    for flag in core_settings.FLAGS:
         raw = env.get(flag.env_var)
         if raw is None:
             continue
@@ -110,7 +116,7 @@ def settings_checks(
             # The script would warn and use the default; doctor says so and fails.
             checks.append(Check("settings", False, f"{flag.env_var}: {error}; the script would use {flag.default!r}"))
             del clean[flag.env_var]
-    settings = cli_args.resolve_settings(None, env=clean, **dict(overrides))
+    settings = core_settings.resolve_settings(None, env=clean, **dict(overrides))
     if not checks:
         mode = (
             f"reverse connect to {settings.remote_debug_client_ip}:{settings.port}"
@@ -124,14 +130,14 @@ def settings_checks(
 
 def check_listen_address(host: str) -> Check:
     """The listen address can be bound on this machine (a client's IP cannot)."""
-    if not _env.port_available(host, 0):
+    if not environment.port_available(host, 0):
         return Check(
             "listen address",
             False,
             f"{host} is not an address of this machine; listen on 0.0.0.0 and give the VS Code "
             f"machine's address as --remote_debug_client_ip only for reverse connect",
         )
-    if _env.is_loopback(host):
+    if environment.is_loopback(host):
         return Check("listen address", True, f"{host} (only clients on this machine can attach)")
     return Check("listen address", True, f"{host} can be bound")
 
@@ -140,9 +146,9 @@ def check_port(host: str, port: int) -> Check:
     """The debug port this process would use is free on the listen address."""
     if port == 0:
         return Check("port", True, "0: the system picks a free port")
-    if _env.port_available(host, port):
+    if environment.port_available(host, port):
         return Check("port", True, f"{port} is free on {host}")
-    fallback = next((p for p in range(port + 1, min(port + 100, 65536)) if _env.port_available(host, p)), None)
+    fallback = next((p for p in range(port + 1, min(port + 100, 65536)) if environment.port_available(host, p)), None)
     then = f"; the script would move to port {fallback}" if fallback else ""
     return Check("port", False, f"{port} is in use on {host}{then}")
 
@@ -153,41 +159,36 @@ def check_client(client: str, env: Mapping[str, str]) -> Check:
         address = ipaddress.ip_address(client)
     except ValueError:
         return Check("client", True, f"{client} (a host name; not contacted)")
-    if address.is_loopback and _env.run_context(env).in_job:
+    if address.is_loopback and environment.run_context(env).in_job:
         return Check("client", False, f"{client} is this node itself, not the VS Code machine")
     return Check("client", True, f"VS Code must listen on {client} (not contacted)")
 
 
 def check_node_address(env: Mapping[str, str]) -> Check:
     """The address amldbg would announce for this node."""
-    address, how = _env.node_address(env)
-    if _env.is_loopback(address) and not env.get(_env.NODE_ADDRESS_OVERRIDE):
+    address, how = environment.node_address(env)
+    if environment.is_loopback(address) and not env.get(environment.NODE_ADDRESS_OVERRIDE):
         return Check(
             "node address", False,
-            f"{address} ({how}): only reachable from this machine; set {_env.NODE_ADDRESS_OVERRIDE}",
+            f"{address} ({how}): only reachable from this machine; set {environment.NODE_ADDRESS_OVERRIDE}",
         )
     return Check("node address", True, f"{address} (chosen by {how})")
 
 
 def check_connection_string(env: Mapping[str, str]) -> Check:
     """The Application Insights connection string, when set, is well formed (key masked)."""
-    try:
-        from amldbg.logs import _settings
-    except ImportError as error:
-        return Check("app insights", False, f"cannot check the connection string: {error}")
-
-    raw = env.get(_settings.CONNECTION_STRING_ENV, "").strip()
+    raw = env.get(connection.CONNECTION_STRING_ENV, "").strip()
     if not raw:
-        return Check("app insights", True, f"{_settings.CONNECTION_STRING_ENV} not set: logs go to the driver log only")
+        return Check("app insights", True, f"{connection.CONNECTION_STRING_ENV} not set: logs go to the driver log only")
     try:
-        parsed = _settings.parse_connection_string(raw)
+        parsed = connection.parse_connection_string(raw)
     except ValueError as error:
         # The parser's messages never contain the key; the value itself is never shown.
-        return Check("app insights", False, f"{_settings.CONNECTION_STRING_ENV} is malformed: {error}")
-    backend = env.get(_settings.BACKEND_ENV, "").strip().lower() or _settings.DEFAULT_BACKEND
+        return Check("app insights", False, f"{connection.CONNECTION_STRING_ENV} is malformed: {error}")
+    backend = env.get(log_settings.BACKEND_ENV, "").strip().lower() or log_settings.DEFAULT_BACKEND
     distribution = _BACKEND_DISTRIBUTIONS.get(backend)
     if distribution is None:
-        return Check("app insights", False, f"{_settings.BACKEND_ENV}={backend!r} is not one of {', '.join(_BACKEND_DISTRIBUTIONS)}")
+        return Check("app insights", False, f"{log_settings.BACKEND_ENV}={backend!r} is not one of {', '.join(_BACKEND_DISTRIBUTIONS)}")
     if _version_of(distribution) is None:
         return Check(
             "app insights", False,
@@ -214,8 +215,8 @@ def check_sinks() -> Check:
 
 def check_job(env: Mapping[str, str]) -> Check:
     """Whether this looks like an Azure ML job, and which rank this process is."""
-    run = _env.run_context(env)
-    topology = _env.topology(env)
+    run = environment.run_context(env)
+    topology = environment.topology(env)
     where = (
         f"rank {topology.rank} of {topology.world_size} (local rank {topology.local_rank}, "
         f"{topology.launcher})"
@@ -237,7 +238,7 @@ def run_checks(env: Mapping[str, str] | None = None, **overrides: Any) -> list[C
     checks = [check_python(), check_debugpy()]
     setting_checks, settings = settings_checks(env, overrides)
     checks.extend(setting_checks)
-    topology = _env.topology(env)
+    topology = environment.topology(env)
     if settings.remote_debug_client_ip:
         checks.append(check_client(settings.remote_debug_client_ip, env))
     else:
@@ -262,3 +263,26 @@ def format_checks(checks: list[Check]) -> str:
     failed = sum(1 for check in checks if not check.ok)
     lines.append(f"{failed} check{'s' if failed != 1 else ''} failed" if failed else "all checks passed")
     return "\n".join(lines)
+
+
+DOCTOR_EPILOG = """\
+examples:
+  amldbg doctor                                   # settings from the AMLDBG_* variables
+  amldbg doctor --remote_debug --remote_debug_port 5679
+  amldbg doctor --json
+
+Run it where the script runs (the compute, the container) with the flags the script gets.
+Nothing is contacted: the port check binds the port on this machine and closes it.
+
+exit status: 0 when every check passes, 1 when one fails, 2 for bad input."""
+
+
+def cmd_doctor(args: argparse.Namespace, out: TextIO) -> int:
+    """Run the doctor's checks."""
+    overrides = {flag.name: getattr(args, flag.name) for flag in core_settings.FLAGS}
+    checks = run_checks(**{k: v for k, v in overrides.items() if v is not None})
+    if args.json:
+        out.write(json.dumps([{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks], indent=2) + "\n")
+    else:
+        out.write(format_checks(checks) + "\n")
+    return EXIT_OK if all(check.ok for check in checks) else EXIT_NEGATIVE

@@ -7,7 +7,7 @@ import argparse
 import pytest
 
 import amldbg
-from amldbg.cli_args import DebugSettings, resolve_settings
+from amldbg.core.settings import DebugSettings, resolve_settings
 
 
 def parse(argv: list[str], env: dict[str, str] | None = None) -> argparse.Namespace:

@@ -30,8 +30,8 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from amldbg import _announce, _env
 from amldbg._version import __version__
+from amldbg.core import announce, environment
 
 #: Marks the snapshot line a script writes to the driver log; ``amldbg env diff`` reads it.
 SNAPSHOT_MARKER = "amldbg env snapshot: "
@@ -266,8 +266,8 @@ def env_snapshot(
         name for name, module in list(sys.modules.items())
         if module is not None and "." not in name and not name.startswith("_")
     ] if record_imports else []
-    run = _env.run_context(env)
-    topology = _env.topology(env)
+    run = environment.run_context(env)
+    topology = environment.topology(env)
     return {
         "amldbg_snapshot": SNAPSHOT_FORMAT,
         "amldbg_version": __version__,
@@ -316,13 +316,13 @@ def write_env_snapshot(
     ``None`` on a rank that did not write. Never raises: a failure is one warning line.
     """
     env = os.environ if env is None else env
-    topology = _env.topology(env)
+    topology = environment.topology(env)
     if not all_ranks and topology.local_rank != 0:
         return None
     try:
         snapshot = env_snapshot(env)
     except Exception as error:  # a snapshot must never stop the script it describes
-        _announce.warn(f"could not take the environment snapshot: {error}")
+        announce.warn(f"could not take the environment snapshot: {error}")
         return None
     if path is not None:
         target = Path(path)
@@ -333,9 +333,9 @@ def write_env_snapshot(
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(json.dumps(snapshot, indent=1, sort_keys=True) + "\n", encoding="utf-8")
         except OSError as error:
-            _announce.warn(f"could not write the environment snapshot to {target}: {error}")
+            announce.warn(f"could not write the environment snapshot to {target}: {error}")
     if log:
-        _announce.say(SNAPSHOT_MARKER + json.dumps(snapshot, sort_keys=True, separators=(",", ":")))
+        announce.say(SNAPSHOT_MARKER + json.dumps(snapshot, sort_keys=True, separators=(",", ":")))
     return snapshot
 
 

@@ -1,0 +1,44 @@
+"""What every ``amldbg`` command shares: exit statuses, the one-line error, argument types."""
+
+from __future__ import annotations
+
+import argparse
+from typing import NoReturn
+
+from amldbg.core import settings
+
+EXIT_OK = 0
+EXIT_NEGATIVE = 1
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """Bad input: reported as one line on stderr, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (usage stays in ``--help``)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def formatter(prog: str) -> argparse.HelpFormatter:
+    """The help formatter of every command: keeps the epilogs' line breaks."""
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
+
+
+def port(text: str) -> int:
+    """An argparse type: a TCP port."""
+    try:
+        return settings.parse_port(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def host(text: str) -> str:
+    """An argparse type: a host name or IP address."""
+    try:
+        return settings.parse_host(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None

@@ -1,0 +1,82 @@
+"""``amldbg env snapshot`` and ``amldbg env diff``: what differs between two environments."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import TextIO
+
+from amldbg.cli.common import EXIT_NEGATIVE, EXIT_OK, CliError
+from amldbg.diagnostics import envsnap
+
+ENV_EPILOG = """\
+examples:
+  amldbg env snapshot -o local.json
+  amldbg env diff local.json remote.json --script train.py
+
+In a script, amldbg.write_env_snapshot() writes outputs/amldbg_env.json and one
+'amldbg env snapshot:' line to the driver log; 'amldbg env diff' reads either."""
+
+SNAPSHOT_EPILOG = """\
+examples:
+  amldbg env snapshot -o local.json      # write a file
+  amldbg env snapshot | jq .packages     # or print the JSON
+
+Secret-looking environment variables (tokens, keys, passwords, connection strings) are
+recorded by name only."""
+
+DIFF_EPILOG = """\
+examples:
+  amldbg env diff local.json remote.json
+  amldbg env diff local.json 70_driver_log.txt --script train.py --ignore pip
+
+A and B are snapshot files, or logs with an 'amldbg env snapshot:' line. Compared: the
+Python version, the packages and GPU/CUDA; --env and --platform add those. Packages the
+script imports come first (recorded by write_env_snapshot(), or read from --script files).
+
+exit status: 0 when nothing differs, 1 when something does, 2 for unreadable input."""
+
+
+def cmd_env_snapshot(args: argparse.Namespace, out: TextIO) -> int:
+    """Write or print a snapshot of this environment."""
+    # The command's own imports are not a script's: leave "imported" empty.
+    snapshot = envsnap.env_snapshot(record_imports=False)
+    text = json.dumps(snapshot, indent=1, sort_keys=True) + "\n"
+    if args.output in (None, "-"):
+        out.write(text)
+        return EXIT_OK
+    try:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    except OSError as error:
+        raise CliError(f"cannot write {args.output}: {error.strerror or error}") from None
+    out.write(f"amldbg env snapshot: {args.output}: {envsnap.summary(snapshot)}\n")
+    return EXIT_OK
+
+
+def cmd_env_diff(args: argparse.Namespace, out: TextIO) -> int:
+    """Compare two snapshots; exit 1 when they differ."""
+    try:
+        left = envsnap.load_snapshot(args.a)
+        right = envsnap.load_snapshot(args.b)
+    except envsnap.SnapshotError as error:
+        raise CliError(str(error)) from None
+    modules: list[str] = []
+    for script in args.script:
+        try:
+            modules.extend(envsnap.script_imports(script))
+        except OSError as error:
+            raise CliError(f"cannot read {script}: {error.strerror or error}") from None
+        except SyntaxError as error:
+            raise CliError(f"cannot parse {script}: line {error.lineno}: {error.msg}") from None
+    sections = ["python", "packages", "gpu"]
+    if args.platform:
+        sections.append("platform")
+    if args.env:
+        sections.append("env")
+    differences = envsnap.diff_snapshots(left, right, imports=modules, ignore=args.ignore, sections=sections)
+    if args.json:
+        out.write(json.dumps([d.to_dict() for d in differences], indent=2) + "\n")
+    else:
+        out.write(envsnap.format_diff(differences, args.a, args.b) + "\n")
+    return EXIT_NEGATIVE if differences else EXIT_OK

@@ -1,0 +1,288 @@
+"""Post-mortem debugging of uncaught exceptions: ``--remote_debug_post_mortem``,
+:func:`enable_post_mortem` and :func:`post_mortem`.
+
+Post-mortem debugging is armed by ``--remote_debug_post_mortem`` (or
+``AMLDBG_REMOTE_DEBUG_POST_MORTEM=1``) through :func:`amldbg.enable_remote_debug`, or
+explicitly by :func:`enable_post_mortem`. Arming costs nothing at run time: it chains
+``sys.excepthook`` and ``threading.excepthook`` and does not start debugpy. When an exception
+reaches one of them, amldbg starts the debugger if it is not running, announces where to
+attach, waits at most the connection timeout, and when a client attaches, stops at the frame
+that raised with its locals intact (``debugpy.trigger_exception_handler``). Then the hook
+that was there before runs, so the same traceback is printed and the process exits with the
+same code as without amldbg.
+
+debugpy is imported only when an exception actually has to be shown.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import threading
+from types import TracebackType
+from typing import Any, Callable
+
+from amldbg.core import announce, environment
+from amldbg.core import settings as settings_module
+from amldbg.core.guard import describe
+from amldbg.core.settings import DebugSettings
+from amldbg.debugger import session as sessions
+from amldbg.debugger import start
+
+_HANDLED_ATTR = "__amldbg_post_mortem__"
+
+_lock = threading.RLock()
+_settings: DebugSettings | None = None
+_hooks_installed = False
+_previous_excepthook: Callable[..., Any] | None = None
+_previous_threading_excepthook: Callable[..., Any] | None = None
+# A long-running process (a scoring server) may raise many times: only the first
+# post-mortem waits for a client; later ones stop only when a client is already attached.
+_waited = False
+_handled_ids: set[int] = set()
+
+
+# -- arming ----------------------------------------------------------------------------------
+def install(settings: DebugSettings, topology: environment.Topology | None = None) -> None:
+    """Install the post-mortem exception hooks when ``settings`` ask for them, and keep
+    ``settings`` for the hooks and for :func:`post_mortem`. Idempotent; the rank is assumed
+    to be selected."""
+    global _settings, _hooks_installed, _previous_excepthook, _previous_threading_excepthook
+    with _lock:
+        _settings = settings
+        if not settings.remote_debug_post_mortem or _hooks_installed:
+            return
+        _previous_excepthook = sys.excepthook
+        sys.excepthook = _excepthook
+        _previous_threading_excepthook = threading.excepthook
+        threading.excepthook = _threading_excepthook
+        _hooks_installed = True
+    topology = topology or environment.topology()
+    announce.info(
+        f"post-mortem debugging is armed on rank {topology.rank} (pid {os.getpid()}): an "
+        f"uncaught exception waits up to {sessions.seconds(settings.timeout)} s for a debugger"
+    )
+
+
+def enable_post_mortem(args: Any = None, **overrides: Any) -> bool:
+    """Arm post-mortem debugging for this process, whatever ``--remote_debug_post_mortem`` says.
+
+    ``args`` and keyword overrides are read as by :func:`amldbg.enable_remote_debug` (the
+    timeout, port, ranks, listen host...). Returns ``True`` when armed, ``False`` when this
+    rank is not selected by ``--remote_debug_ranks`` or the settings are invalid (one warning
+    line). Nothing is started until an exception is uncaught.
+    """
+    try:
+        settings = settings_module.resolve_settings(args, post_mortem=True, **overrides)
+        topology = environment.topology()
+        settings_module.remember(settings)
+        if not settings.debugs_rank(topology.rank):
+            return False
+        install(settings, topology)
+        return True
+    except Exception as error:  # amldbg's own failure must not stop the host script
+        announce.warn(f"post-mortem debugging is off: {describe(error)}")
+        return False
+
+
+def enabled_settings() -> DebugSettings | None:
+    """The settings post-mortem debugging was armed with in this process, else ``None``."""
+    settings = _settings
+    return settings if settings is not None and settings.remote_debug_post_mortem else None
+
+
+# -- the exception hooks ---------------------------------------------------------------------
+def _excepthook(
+    exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
+) -> None:
+    try:
+        if _settings is not None:
+            _post_mortem(exc_type, exc, tb, _settings, "the main thread")
+    except BaseException as error:  # e.g. Ctrl+C while waiting: still fail as before
+        announce.warn(f"post-mortem debugging failed: {error!r}")
+    finally:
+        previous = _previous_excepthook or sys.__excepthook__
+        previous(exc_type, exc, tb)
+
+
+def _threading_excepthook(hook_args: Any) -> None:
+    try:
+        if _settings is not None and hook_args.exc_value is not None:
+            name = getattr(hook_args.thread, "name", "a thread")
+            _post_mortem(
+                hook_args.exc_type, hook_args.exc_value, hook_args.exc_traceback, _settings,
+                f"thread {name!r}",
+            )
+    except BaseException as error:
+        announce.warn(f"post-mortem debugging failed: {error!r}")
+    finally:
+        previous = _previous_threading_excepthook or threading.__excepthook__
+        previous(hook_args)
+
+
+def _ignored(exc_type: type[BaseException]) -> bool:
+    # Stopping the script on purpose is not a crash to debug.
+    if issubclass(exc_type, (KeyboardInterrupt, SystemExit)):
+        return True
+    return exc_type.__name__ == "BdbQuit" and exc_type.__module__ == "bdb"
+
+
+def _already_handled(exc: BaseException) -> bool:
+    if getattr(exc, _HANDLED_ATTR, False) or id(exc) in _handled_ids:
+        return True
+    try:
+        setattr(exc, _HANDLED_ATTR, True)
+    except Exception:  # an exception type with __slots__
+        _handled_ids.add(id(exc))
+    return False
+
+
+def _post_mortem(
+    exc_type: type[BaseException],
+    exc: BaseException,
+    tb: TracebackType | None,
+    settings: DebugSettings,
+    where: str,
+    wait: bool = True,
+) -> bool:
+    """Show ``exc`` to a debugger client; return True when a client was stopped on it."""
+    global _waited
+    if tb is None or _ignored(exc_type) or _already_handled(exc):
+        return False
+    topology = environment.topology()
+    text = f"{exc_type.__name__}: {exc}".strip()
+    if len(text) > 200:
+        text = text[:197] + "..."
+    announce.info(
+        f"post-mortem: uncaught {text} in {where} on rank {topology.rank} (pid {os.getpid()})"
+    )
+    with _lock:
+        must_wait = wait and not _waited and settings.timeout > 0
+        _waited = _waited or must_wait
+    session = sessions.current_session()
+    started_now = False
+    if not sessions.existing_debugger():
+        # Start the debugger now; start() announces where to attach and waits.
+        session = start.start(
+            dataclasses.replace(
+                settings,
+                remote_debug=True,
+                remote_debug_connection_timeout=settings.timeout if must_wait else 0,
+            ),
+            topology,
+        )
+        if not session.active:
+            announce.info("post-mortem: no debugger could be started; failing as before")
+            return False
+        started_now = True
+    import debugpy
+
+    connected_before = not started_now and bool(debugpy.is_client_connected())
+    if not started_now and must_wait and not debugpy.is_client_connected():
+        # The debugger was already running (the wait at start-up may have timed out).
+        where_to = (
+            f"{session.host}:{session.port}" if session and session.host else "the active debugger"
+        )
+        announce.info(
+            f"post-mortem: waiting up to {sessions.seconds(settings.timeout)} s for a debugger to "
+            f"attach to {where_to} (rank {topology.rank})"
+        )
+        attached = sessions.wait_for_client(
+            debugpy, settings.timeout, sessions.PROGRESS_INTERVAL, where_to
+        )
+        sessions.say_attached(attached)
+    if not debugpy.is_client_connected():
+        announce.info("post-mortem: no debugger attached; the script fails as it would have")
+        return False
+    if connected_before and _client_stops_on_uncaught(exc_type):
+        # The client asked for stops on uncaught exceptions and pydevd traced this thread:
+        # it has already stopped here, and a second stop would show the same thing again.
+        announce.info("post-mortem: the debugger already stopped on this exception")
+        return True
+    frame_tb = tb
+    while frame_tb.tb_next is not None:
+        frame_tb = frame_tb.tb_next
+    code = frame_tb.tb_frame.f_code
+    announce.info(
+        f"post-mortem: stopping at {code.co_filename}:{frame_tb.tb_lineno} in "
+        f"{code.co_name}; continue in the debugger to let the script fail as it would have"
+    )
+    _show_exception(debugpy, (exc_type, exc, tb))
+    announce.info("post-mortem: the debugger resumed; the exception continues")
+    return True
+
+
+def _client_stops_on_uncaught(exc_type: type[BaseException]) -> bool:
+    try:
+        import pydevd
+
+        py_db = pydevd.get_global_debugger()
+        uncaught = getattr(py_db, "break_on_uncaught_exceptions", None)
+        if py_db is None or not uncaught:
+            return False
+        if not py_db.get_exception_breakpoint(exc_type, uncaught):
+            return False
+    except Exception:
+        return False
+    # Python 3.12+ debugpy watches every frame through sys.monitoring; before, pydevd only
+    # sees exceptions on a thread that carries its trace function.
+    return sys.version_info >= (3, 12) or sys.gettrace() is not None
+
+
+def _show_exception(debugpy: Any, excinfo: tuple[Any, Any, Any]) -> None:
+    trigger = getattr(debugpy, "trigger_exception_handler", None)
+    if trigger is not None:
+        # as_uncaught=False: stop whatever exception filters the client chose; the user
+        # asked for this stop by arming post-mortem debugging.
+        trigger(excinfo, as_uncaught=False)
+        return
+    # debugpy before 1.8.22 has no public way; pydevd's own method does the same.
+    import pydevd
+
+    py_db = pydevd.get_global_debugger()
+    tb = excinfo[2]
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    thread = threading.current_thread()
+    info = py_db.set_additional_thread_info(thread)
+    info.is_tracing += 1
+    try:
+        py_db.do_stop_on_unhandled_exception(thread, tb.tb_frame, None, excinfo)
+    finally:
+        info.is_tracing -= 1
+
+
+def post_mortem(exc: BaseException | None = None, args: Any = None, **overrides: Any) -> bool:
+    """Show an exception to a remote debugger, like ``pdb.post_mortem`` for VS Code.
+
+    Call it in an ``except`` block (``exc`` defaults to the exception being handled), then
+    re-raise. Starts the debugger if it is not running (settings from ``args``, keyword
+    overrides and the ``AMLDBG_*`` variables, as for :func:`amldbg.enable_remote_debug`),
+    announces where to attach, waits at most the timeout for a client (only once per
+    process), and when one is attached stops at the frame that raised. Returns ``True`` when
+    a client was shown the exception. Never raises; an exception already shown (by this
+    function or the post-mortem hooks) is not shown again.
+    """
+    try:
+        if exc is None:
+            exc = sys.exc_info()[1]
+        if exc is None:
+            announce.warn("amldbg.post_mortem() was called with no exception to show")
+            return False
+        if args is None and not overrides and _settings is not None:
+            settings = _settings
+        else:
+            settings = settings_module.settings_for(args, **overrides)
+        return show(exc, settings, "the caller")
+    except Exception as error:  # amldbg's own failure must not stop the host script
+        announce.warn(f"post-mortem debugging failed: {describe(error)}")
+        return False
+
+
+def show(exc: BaseException, settings: DebugSettings, where: str) -> bool:
+    """Show ``exc`` to a debugger client with settings already resolved (the entry-script
+    hooks call it for a failing ``run()``); True when a client was stopped on it."""
+    if not settings.debugs_rank(environment.topology().rank):
+        return False
+    return _post_mortem(type(exc), exc, exc.__traceback__, settings, where)

@@ -1,0 +1,101 @@
+"""``amldbg.enable_remote_debug``: the block the Azure ML guides have users paste into every
+script, as one call.
+
+It keeps the guides' log lines (``Timeout for debug connection: N``, ``ip_address: A``,
+``Debugger attached = True|False``) and fixes what goes wrong with the hand-written
+version: the wait honours its timeout, the lines are flushed, the address is one a client
+can reach, a taken port or a missing debugpy does not stop the script, and a process nobody
+attached to runs at full speed afterwards.
+
+The settings are resolved once here and passed down (:mod:`.start`, :mod:`.postmortem`,
+:mod:`.breakpoints`, :mod:`.watchdogs`) and remembered for helpers called later. debugpy is
+imported only when debugging is enabled: its first API call replaces ``sys.breakpointhook``
+and starts threads, so a script with debugging off never touches it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from amldbg.core import announce, environment
+from amldbg.core import settings as settings_module
+from amldbg.core.guard import describe
+from amldbg.core.settings import DebugSettings
+from amldbg.debugger import breakpoints, postmortem, start, watchdogs
+from amldbg.debugger.session import DISABLED, PROGRESS_INTERVAL, DebugSession
+
+__all__ = ["DebugSession", "enable_remote_debug", "enable_with"]
+
+
+def enable_remote_debug(
+    args: Any = None,
+    *,
+    progress_interval: float = PROGRESS_INTERVAL,
+    **overrides: Any,
+) -> DebugSession:
+    """Start remote debugging when it was asked for; otherwise return at once.
+
+    ``args`` is the ``argparse.Namespace`` of a parser given :func:`amldbg.add_args`, a
+    mapping, or ``None`` to read only the ``AMLDBG_*`` environment variables. Keyword
+    overrides (``timeout=``, ``port=``, ``listen_host=``, ``client_ip=``, ``enabled=``, or
+    the full flag names) win over both.
+
+    When enabled, the script either listens (default) or, with a client IP, connects out to
+    a VS Code that listens there; it prints where to attach and a launch.json entry, waits
+    at most the timeout, prints ``Debugger attached = True`` or ``= False`` and returns.
+    An invalid value never turns debugging on. Nothing amldbg does here raises: a failure
+    gives one warning line and a session with ``mode="failed"``. Calling it again returns
+    the first session.
+    """
+    try:
+        settings = settings_module.resolve_settings(args, **overrides)
+    except (ValueError, TypeError) as error:
+        announce.warn(f"remote debugging is off: {error}")
+        return DebugSession(mode="failed", reason=str(error))
+    return enable_with(settings, progress_interval=progress_interval)
+
+
+def enable_with(
+    settings: DebugSettings,
+    *,
+    progress_interval: float = PROGRESS_INTERVAL,
+    topology: environment.Topology | None = None,
+) -> DebugSession:
+    """:func:`enable_remote_debug` for settings already resolved (the entry-script hooks)."""
+    try:
+        return _enable(settings, progress_interval, topology)
+    except Exception as error:  # amldbg's own failure must not stop the host script
+        announce.warn(f"remote debugging failed and is off: {describe(error)}")
+        return DebugSession(mode="failed", reason=str(error))
+
+
+def _enable(
+    settings: DebugSettings, progress_interval: float, topology: environment.Topology | None
+) -> DebugSession:
+    wanted = (
+        settings.remote_debug
+        or settings.remote_debug_post_mortem
+        or settings.remote_debug_route_breakpoint
+    )
+    if not wanted:
+        return DISABLED
+    topology = topology or environment.topology()
+    settings_module.remember(settings)
+    if not settings.debugs_rank(topology.rank):
+        if topology.is_distributed:
+            ranks = ",".join(map(str, settings.remote_debug_ranks or ()))
+            announce.info(f"rank {topology.rank} does not debug (--remote_debug_ranks {ranks})")
+        if not settings.remote_debug:
+            return DISABLED
+        return DebugSession(mode="skipped", reason="rank not selected", rank=topology.rank)
+    # Post-mortem debugging and breakpoint() routing work without a debugger at start: both
+    # are armed before the wait, so a failure during it is caught too.
+    if settings.remote_debug_route_breakpoint:
+        breakpoints.route_breakpoints()
+    if settings.remote_debug_post_mortem:
+        postmortem.install(settings, topology)
+    if not settings.remote_debug:
+        return DISABLED
+    watchdogs.announce_watchdogs(settings, topology, os.environ)
+    return start.start(settings, topology, progress_interval=progress_interval)

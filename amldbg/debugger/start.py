@@ -1,0 +1,350 @@
+"""Starting debugpy: listen (or connect out), announce where to attach, wait at most the
+timeout, and give a process nobody attached to its speed back.
+
+:func:`start` is called with settings already resolved (by :func:`amldbg.enable_remote_debug`,
+the post-mortem hooks or :func:`amldbg.breakpoint`); it never resolves them again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+import sys
+import threading
+import time
+from typing import Any, Mapping
+
+from amldbg.core import announce, environment, vscode
+from amldbg.core.settings import DebugSettings
+from amldbg.debugger import session as sessions
+from amldbg.debugger.session import DebugSession, say_attached, seconds, wait_for_client
+
+#: How many ports after the requested one are tried when it is taken.
+PORT_ATTEMPTS = 20
+
+
+def start(
+    settings: DebugSettings,
+    topology: environment.Topology,
+    *,
+    progress_interval: float = sessions.PROGRESS_INTERVAL,
+    env: Mapping[str, str] | None = None,
+) -> DebugSession:
+    """Start debugpy as ``settings`` say (the rank is assumed selected), or reuse the debugger
+    this process already runs; announce, wait at most the timeout, and return the session.
+
+    A session already started in this process is returned as it is. Failures of amldbg's
+    own (debugpy missing, no free port, nobody listening for a reverse connect) give one
+    warning line and a session with ``mode="failed"``. ``sys.breakpointhook``, which
+    debugpy replaces, is left as it was before.
+    """
+    env = os.environ if env is None else env
+    with sessions.start_lock:
+        current = sessions.current_session()
+        if current is not None and current.active:
+            announce.info(
+                f"remote debugging is already enabled in this process ({current.mode} "
+                f"{current.host}:{current.port}); reusing it"
+            )
+            return current
+        # Without it, debugpy warns on stderr about frozen stdlib modules on every start;
+        # the user's own files are never frozen.
+        os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+        try:
+            import debugpy
+        except ImportError:
+            announce.warn(
+                f"remote debugging was requested but debugpy is not installed; install it "
+                f"with: {sessions.INSTALL_HINT}. Continuing without a debugger."
+            )
+            return DebugSession(mode="failed", reason="debugpy is not installed", rank=topology.rank)
+        hook = sys.breakpointhook
+        try:
+            session = _start(debugpy, settings, topology, env, progress_interval)
+        finally:
+            # debugpy takes over breakpoint(); plain breakpoint() keeps the meaning it had
+            # (Python's own, PYTHONBREAKPOINT, or amldbg's routing when that was asked for).
+            sys.breakpointhook = hook
+        if session.active:
+            sessions.set_current(session)
+        return session
+
+
+def _start(
+    debugpy: Any,
+    settings: DebugSettings,
+    topology: environment.Topology,
+    env: Mapping[str, str],
+    progress_interval: float,
+) -> DebugSession:
+    timeout = settings.timeout
+    node, how = environment.node_address(env)
+    base = {
+        "rank": topology.rank,
+        "local_rank": topology.local_rank,
+        "world_size": topology.world_size,
+        "pid": os.getpid(),
+        "timeout": seconds(timeout),
+        "cwd": os.getcwd(),
+    }
+    who = f"rank {topology.rank} (pid {os.getpid()})"
+    if topology.is_distributed:
+        who = (
+            f"rank {topology.rank} of {topology.world_size} (local rank {topology.local_rank}, "
+            f"node {node}, pid {os.getpid()})"
+        )
+
+    if sessions.existing_debugger():
+        announce.info(f"a debugger is already active in this process; {who} reuses it")
+        attached = bool(debugpy.is_client_connected())
+        if not attached and timeout > 0:
+            attached = wait_for_client(debugpy, timeout, progress_interval, "the active debugger")
+        say_attached(attached)
+        return DebugSession(
+            mode="reused", attached=attached, rank=topology.rank, reason="debugger already active"
+        )
+
+    # Must precede listen/connect: debugpy patches subprocess creation at that point, which
+    # costs every child process about a second of start-up.
+    debugpy.configure(subProcess=settings.remote_debug_subprocess)
+
+    if settings.remote_debug_client_ip:
+        return _connect(debugpy, settings, topology, node, base, who, progress_interval)
+    return _listen(debugpy, settings, topology, node, how, base, who, progress_interval)
+
+
+def _listen(
+    debugpy: Any,
+    settings: DebugSettings,
+    topology: environment.Topology,
+    node: str,
+    how: str,
+    base: dict[str, Any],
+    who: str,
+    progress_interval: float,
+) -> DebugSession:
+    bind = settings.remote_debug_listen_host
+    requested = settings.port + topology.local_rank if settings.port else 0
+    port, error = _listen_on_free_port(debugpy, bind, requested)
+    if port is None:
+        announce.warn(f"could not listen for a debugger on {bind}:{requested}: {error}")
+        announce.endpoint(state="failed", mode="listen", host=node, port=requested, bind=bind, **base)
+        say_attached(False)
+        return DebugSession(mode="failed", reason=str(error), bind=bind, rank=topology.rank)
+    if requested and port != requested:
+        announce.info(f"port {requested} is taken; listening on port {port} instead")
+
+    host = node if bind in ("0.0.0.0", "::", "") else bind
+    announce.info(f"remote debugging on {who}: listening on {bind}:{port}, attach to {host}:{port}")
+    if not environment.is_loopback(bind):
+        announce.warn(
+            f"debugpy has no authentication; anyone who can reach port {port} on this node "
+            f"can run code in this process"
+        )
+    timeout = settings.timeout
+    announce.say(f"Timeout for debug connection: {seconds(timeout)}")
+    announce.say(f"ip_address: {host}")
+    announce.say(f"port: {port}")
+    announce.info(f"node address {node} chosen by {how}")
+    announce.endpoint(
+        state="waiting" if timeout > 0 else "listening",
+        mode="listen",
+        host=host,
+        port=port,
+        bind=bind,
+        **base,
+    )
+    entry = vscode.attach_config(
+        host, port, remote_root=os.getcwd(), name=f"Azure ML: attach to rank {topology.rank}"
+    )
+    announce.info("VS Code launch.json entry (add it to \"configurations\"):")
+    announce.say(vscode.render(entry))
+
+    attached = bool(debugpy.is_client_connected())
+    started = time.monotonic()
+    if timeout > 0 and not attached:
+        announce.info(
+            f"waiting up to {seconds(timeout)} s for a debugger to attach to {host}:{port}"
+        )
+        attached = wait_for_client(debugpy, timeout, progress_interval, f"{host}:{port}")
+    waited = time.monotonic() - started
+    if timeout > 0 or attached:
+        say_attached(attached)
+        announce.endpoint(
+            state="attached" if attached else "not-attached",
+            mode="listen",
+            host=host,
+            port=port,
+            bind=bind,
+            **base,
+        )
+    if timeout > 0 and not attached:
+        # With timeout 0 the user asked to listen for a client at any time: keep tracing.
+        _go_idle(debugpy, settings)
+    return DebugSession(
+        mode="listen",
+        host=host,
+        port=port,
+        bind=bind,
+        attached=attached,
+        rank=topology.rank,
+        waited=waited,
+        reason="client attached" if attached else "no client attached within the timeout",
+    )
+
+
+def _listen_on_free_port(debugpy: Any, bind: str, requested: int) -> tuple[int | None, str]:
+    error = "no free port"
+    candidates = [0] if requested == 0 else [
+        p for p in range(requested, min(requested + PORT_ATTEMPTS, 65536))
+    ]
+    for port in candidates:
+        # Checking first saves spawning debugpy's adapter (about 0.5 s) for a port that is
+        # certainly taken; the adapter's own bind can still lose a race, handled below.
+        if port and not environment.port_available(bind, port):
+            error = f"port {port} is in use"
+            continue
+        try:
+            _, actual = debugpy.listen((bind, port))
+            return int(actual), ""
+        except RuntimeError as failure:
+            error = str(failure)
+            if "in use" in error.lower() or "errno 98" in error.lower():
+                continue
+            return None, error
+    return None, error
+
+
+def _connect(
+    debugpy: Any,
+    settings: DebugSettings,
+    topology: environment.Topology,
+    node: str,
+    base: dict[str, Any],
+    who: str,
+    progress_interval: float,
+) -> DebugSession:
+    client = str(settings.remote_debug_client_ip)
+    port = settings.port + topology.local_rank if settings.port else settings.port
+    timeout = settings.timeout
+    announce.info(
+        f"remote debugging on {who}: connecting to the VS Code listening at {client}:{port}"
+    )
+    announce.say(f"Timeout for debug connection: {seconds(timeout)}")
+    announce.say(f"ip_address: {node}")
+    announce.endpoint(state="connecting", mode="connect", host=client, port=port, **base)
+    entry = vscode.listen_config(
+        port, remote_root=os.getcwd(), name=f"Azure ML: listen for rank {topology.rank}"
+    )
+    announce.info("VS Code launch.json entry (start it before the script connects):")
+    announce.say(vscode.render(entry))
+    started = time.monotonic()
+    # pydevd's TCP connect timeout (10 s by default) must not outlast the user's timeout.
+    os.environ.setdefault("PYDEVD_CONNECT_TIMEOUT", str(max(1, min(10, math.ceil(timeout)))))
+    try:
+        with _pydevd_log_silenced():
+            debugpy.connect((client, port))
+    except Exception as error:
+        # debugpy makes a single attempt and cannot retry in the same process.
+        announce.warn(
+            f"could not connect to a VS Code listening at {client}:{port} ({error}); "
+            f"debugpy cannot retry in this process, so the script continues without a debugger"
+        )
+        say_attached(False)
+        announce.endpoint(state="failed", mode="connect", host=client, port=port, **base)
+        return DebugSession(
+            mode="failed", host=client, port=port, reason=str(error), rank=topology.rank
+        )
+    attached = bool(debugpy.is_client_connected())
+    left = timeout - (time.monotonic() - started)
+    if not attached and left > 0:
+        attached = wait_for_client(debugpy, left, progress_interval, f"{client}:{port}")
+    say_attached(attached)
+    announce.endpoint(
+        state="attached" if attached else "not-attached", mode="connect", host=client, port=port,
+        **base,
+    )
+    if not attached:
+        _go_idle(debugpy, settings)
+    return DebugSession(
+        mode="connect",
+        host=client,
+        port=port,
+        attached=attached,
+        rank=topology.rank,
+        waited=time.monotonic() - started,
+        reason="client attached" if attached else "the client did not finish attaching in time",
+    )
+
+
+def _pydevd_log_silenced() -> Any:
+    """Keep pydevd's own traceback for a refused connection off stderr: amldbg reports the
+    failure in its one warning line instead."""
+    pydev_log = sys.modules.get("_pydev_bundle.pydev_log")
+    context = getattr(pydev_log, "log_context", None)
+    if context is None:
+        return contextlib.nullcontext()
+    return context(0, io.StringIO())
+
+
+def _go_idle(debugpy: Any, settings: DebugSettings) -> None:
+    """Give a process nobody attached to its speed back, and keep a late attach working.
+
+    The idle debugger keeps a trace function on the waiting thread, which makes pure-Python
+    code about twice as slow. amldbg switches that thread's tracing off and starts a small
+    watcher thread that polls for a client (5 times a second); when one attaches, the
+    watcher puts tracing back on the thread and on the frames it is running, so breakpoints
+    in loops already running are hit. The trade-off: a breakpoint is honoured from up to
+    0.2 s after the client attached, and threads that the script starts itself are traced
+    as debugpy does by default. ``--remote_debug_keep_tracing`` keeps debugpy's own
+    behaviour (tracing all along, slower).
+    """
+    if settings.remote_debug_keep_tracing:
+        announce.info("no debugger attached; keeping the idle debugger tracing (slower)")
+        return
+    try:
+        debugpy.trace_this_thread(False)
+    except Exception as error:
+        announce.warn(f"could not switch off the idle debugger's tracing: {error}")
+        return
+    watcher = threading.Thread(
+        target=_watch_for_late_attach,
+        args=(debugpy, threading.get_ident()),
+        name="amldbg-late-attach",
+        daemon=True,
+    )
+    watcher.pydev_do_not_trace = True  # type: ignore[attr-defined]
+    watcher.is_pydev_daemon_thread = True  # type: ignore[attr-defined]
+    watcher.start()
+
+
+def _watch_for_late_attach(debugpy: Any, thread_ident: int) -> None:
+    connected = False
+    while True:
+        time.sleep(0.2)
+        try:
+            now = bool(debugpy.is_client_connected())
+            if now and not connected:
+                _trace_thread_again(thread_ident)
+            connected = now
+        except Exception:  # the host's interpreter may be shutting down
+            return
+
+
+def _trace_thread_again(thread_ident: int) -> None:
+    # pydevd's own re-tracing on attach skips a thread whose trace function is unset, so set
+    # it (through pydevd's helper, which can reach another thread) and mark its frames.
+    import pydevd  # vendored by debugpy; importable once debugpy started
+    import pydevd_tracing
+
+    py_db = pydevd.get_global_debugger()
+    if py_db is None:
+        return
+    pydevd_tracing.set_trace_to_threads(
+        py_db.trace_dispatch, thread_idents=[thread_ident], create_dummy_thread=False
+    )
+    frame = sys._current_frames().get(thread_ident)
+    if frame is not None:
+        py_db.set_trace_for_frame_and_parents(thread_ident, frame)
