@@ -3,7 +3,7 @@
 * no import cycles between amldbg's modules;
 * ``amldbg.core`` imports nothing of amldbg outside the core;
 * ``amldbg.debugger`` and ``amldbg.logs`` never import each other;
-* ``amldbg.diagnostics`` imports only the core;
+* ``amldbg.diagnostics`` imports only the core (the debugger may use it);
 * ``amldbg.cli`` (the developer's command) is imported by nothing in the runtime.
 
 ``amldbg/__init__.py`` re-exports names lazily through a table of module names; that table
@@ -22,7 +22,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "amldbg"
 # Which top-level parts each part may import (besides itself and amldbg._version).
 ALLOWED = {
     "core": set(),
-    "debugger": {"core"},
+    "debugger": {"core", "diagnostics"},
     "logs": {"core"},
     "diagnostics": {"core"},
     "hooks": {"core", "debugger", "logs", "diagnostics"},

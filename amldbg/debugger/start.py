@@ -12,12 +12,12 @@ import io
 import math
 import os
 import sys
-import threading
 import time
 from typing import Any, Mapping
 
 from amldbg.core import announce, environment, vscode
 from amldbg.core.settings import DebugSettings
+from amldbg.debugger import idle
 from amldbg.debugger import session as sessions
 from amldbg.debugger.session import DebugSession, say_attached, seconds, wait_for_client
 
@@ -182,7 +182,7 @@ def _listen(
         )
     if timeout > 0 and not attached:
         # With timeout 0 the user asked to listen for a client at any time: keep tracing.
-        _go_idle(debugpy, settings)
+        idle.go_idle(debugpy, settings)
     return DebugSession(
         mode="listen",
         host=host,
@@ -267,7 +267,7 @@ def _connect(
         **base,
     )
     if not attached:
-        _go_idle(debugpy, settings)
+        idle.go_idle(debugpy, settings)
     return DebugSession(
         mode="connect",
         host=client,
@@ -287,64 +287,3 @@ def _pydevd_log_silenced() -> Any:
     if context is None:
         return contextlib.nullcontext()
     return context(0, io.StringIO())
-
-
-def _go_idle(debugpy: Any, settings: DebugSettings) -> None:
-    """Give a process nobody attached to its speed back, and keep a late attach working.
-
-    The idle debugger keeps a trace function on the waiting thread, which makes pure-Python
-    code about twice as slow. amldbg switches that thread's tracing off and starts a small
-    watcher thread that polls for a client (5 times a second); when one attaches, the
-    watcher puts tracing back on the thread and on the frames it is running, so breakpoints
-    in loops already running are hit. The trade-off: a breakpoint is honoured from up to
-    0.2 s after the client attached, and threads that the script starts itself are traced
-    as debugpy does by default. ``--remote_debug_keep_tracing`` keeps debugpy's own
-    behaviour (tracing all along, slower).
-    """
-    if settings.remote_debug_keep_tracing:
-        announce.info("no debugger attached; keeping the idle debugger tracing (slower)")
-        return
-    try:
-        debugpy.trace_this_thread(False)
-    except Exception as error:
-        announce.warn(f"could not switch off the idle debugger's tracing: {error}")
-        return
-    watcher = threading.Thread(
-        target=_watch_for_late_attach,
-        args=(debugpy, threading.get_ident()),
-        name="amldbg-late-attach",
-        daemon=True,
-    )
-    watcher.pydev_do_not_trace = True  # type: ignore[attr-defined]
-    watcher.is_pydev_daemon_thread = True  # type: ignore[attr-defined]
-    watcher.start()
-
-
-def _watch_for_late_attach(debugpy: Any, thread_ident: int) -> None:
-    connected = False
-    while True:
-        time.sleep(0.2)
-        try:
-            now = bool(debugpy.is_client_connected())
-            if now and not connected:
-                _trace_thread_again(thread_ident)
-            connected = now
-        except Exception:  # the host's interpreter may be shutting down
-            return
-
-
-def _trace_thread_again(thread_ident: int) -> None:
-    # pydevd's own re-tracing on attach skips a thread whose trace function is unset, so set
-    # it (through pydevd's helper, which can reach another thread) and mark its frames.
-    import pydevd  # vendored by debugpy; importable once debugpy started
-    import pydevd_tracing
-
-    py_db = pydevd.get_global_debugger()
-    if py_db is None:
-        return
-    pydevd_tracing.set_trace_to_threads(
-        py_db.trace_dispatch, thread_idents=[thread_ident], create_dummy_thread=False
-    )
-    frame = sys._current_frames().get(thread_ident)
-    if frame is not None:
-        py_db.set_trace_for_frame_and_parents(thread_ident, frame)
