@@ -22,3 +22,14 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _fresh_warnings() -> None:
+    """Each in-process test starts with no amldbg warning given yet (they are once per process)."""
+    from amldbg.core import announce
+
+    announce.forget_warnings()

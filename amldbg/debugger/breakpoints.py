@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from amldbg.core import announce, environment
 from amldbg.core import settings as settings_module
-from amldbg.core.guard import describe
+from amldbg.core.guard import guard
 from amldbg.debugger import session as sessions
 from amldbg.debugger import start
 
@@ -35,9 +35,8 @@ def breakpoint(*, wait: bool = False, timeout: float | None = None) -> bool:  # 
     """
     frame = sys._getframe(1)
     try:
-        return _pause(frame, wait, timeout)
-    except Exception as error:  # amldbg's own failure must not stop the host script
-        announce.warn_once("breakpoint:" + describe(error), f"amldbg.breakpoint() failed: {describe(error)}")
+        with guard("amldbg.breakpoint() failed"):
+            return _pause(frame, wait, timeout)
         return False
     finally:
         del frame
@@ -60,6 +59,11 @@ def _pause(frame: FrameType, wait: bool, timeout: float | None) -> bool:
         if not session.active:
             return False
         started_now = True  # start() has waited already
+        if session.mode == "listen" and not session.attached:
+            announce.warn(
+                f"amldbg.breakpoint: no debugger attached; the debug port {session.port} stays "
+                f"open for the rest of this process (debugpy cannot close a listener)"
+            )
     import debugpy
 
     if wait and not started_now and not debugpy.is_client_connected():
@@ -103,9 +107,8 @@ def _routed_breakpointhook(*args: Any, **kwargs: Any) -> Any:
         return None
     frame = sys._getframe(1)
     try:
-        return _pause(frame, False, None)
-    except Exception as error:
-        announce.warn_once("routing:" + describe(error), f"breakpoint() routing failed: {describe(error)}")
+        with guard("breakpoint() routing failed"):
+            return _pause(frame, False, None)
         return None
     finally:
         del frame

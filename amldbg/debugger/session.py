@@ -6,7 +6,6 @@ debugpy is passed in by the callers, which import it only when debugging was ask
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import sys
@@ -85,6 +84,7 @@ def set_current(session: DebugSession) -> None:
     global _session, _session_pid
     _session = session
     _session_pid = os.getpid()
+    note_debugger()
 
 
 def forget() -> None:
@@ -93,16 +93,53 @@ def forget() -> None:
     _session = None
 
 
-def existing_debugger() -> bool:
-    # pydevd is only in sys.modules when some debugger was started in this process: by
-    # `python -m debugpy`, by the inference server's AZUREML_DEBUG_PORT mode, or by an
-    # earlier debugpy.listen/connect call.
-    """True when a debugger (pydevd) already runs in this process, whoever started it."""
+def _global_debugger() -> Any:
+    # pydevd is only in sys.modules when some debugger was started in this process (or in
+    # the process it was forked from): by `python -m debugpy`, by the inference server's
+    # AZUREML_DEBUG_PORT mode, or by an earlier debugpy.listen/connect call.
     pydevd = sys.modules.get("pydevd")
-    if pydevd is None:
-        return False
     get = getattr(pydevd, "get_global_debugger", None)
-    return bool(get is not None and get() is not None)
+    if get is None:
+        return None
+    try:
+        return get()
+    except Exception:
+        return None
+
+
+# (pid, id of pydevd's debugger object) of the debugger amldbg started or reused last.
+_owner: tuple[int, int] | None = None
+
+
+def note_debugger() -> None:
+    """Record that the debugger now running belongs to this process."""
+    global _owner
+    py_db = _global_debugger()
+    if py_db is not None:
+        _owner = (os.getpid(), id(py_db))
+
+
+def inherited_debugger() -> bool:
+    """True in a forked child whose only debugger is its parent's: the same pydevd object,
+    whose threads and sockets stayed in the parent. It cannot be used or restarted here."""
+    owner = _owner
+    py_db = _global_debugger()
+    return (
+        py_db is not None
+        and owner is not None
+        and owner[0] != os.getpid()
+        and owner[1] == id(py_db)
+    )
+
+
+def existing_debugger() -> bool:
+    """True when a debugger (pydevd) runs in this process, whoever started it.
+
+    The debugger of the process this one was forked from does not count (see
+    :func:`inherited_debugger`); a debugger that pydevd set up again in the child (debugpy's
+    subprocess support) does.
+    """
+    return _global_debugger() is not None and not inherited_debugger()
 
 
 def seconds(value: float) -> float | int:
@@ -117,34 +154,36 @@ def say_attached(attached: bool) -> None:
 
 
 def wait_for_client(debugpy: Any, timeout: float, progress_interval: float, where: str) -> bool:
-    """Block until a client has attached (configurationDone) or ``timeout`` seconds passed."""
-    deadline = time.monotonic() + timeout
-    returned = threading.Event()
+    """Block until a client has attached (configurationDone) or ``timeout`` seconds passed.
 
-    def watchdog() -> None:
-        next_progress = time.monotonic() + progress_interval
-        while not returned.wait(0.05):
-            now = time.monotonic()
-            if now >= deadline:
-                # wait_for_client.cancel() raises before the wait has started and cancels
-                # only the wait in progress, so keep cancelling until the wait returned.
-                with contextlib.suppress(Exception):
-                    debugpy.wait_for_client.cancel()
-            elif progress_interval > 0 and now >= next_progress:
-                left = max(0, int(round(deadline - now)))
-                announce.info(f"still waiting for a debugger on {where}: {left} s left")
-                next_progress += progress_interval
-
-    thread = threading.Thread(target=watchdog, name="amldbg-wait-timeout", daemon=True)
-    # pydevd must not trace its own helper threads.
-    thread.pydev_do_not_trace = True  # type: ignore[attr-defined]
-    thread.is_pydev_daemon_thread = True  # type: ignore[attr-defined]
-    thread.start()
-    try:
-        debugpy.wait_for_client()
-    finally:
-        returned.set()
-        thread.join(5)
-    return bool(debugpy.is_client_connected())
-
-
+    Every caller waits on its own deadline: the main thread at start-up, a thread that
+    crashed with post-mortem debugging on, ``amldbg.breakpoint(wait=True)``. debugpy's own
+    ``wait_for_client()`` has no timeout and a single process-wide ``cancel``, which would
+    end another thread's wait; this polls ``debugpy.is_client_connected()`` (pydevd's
+    configurationDone flag, what ``wait_for_client`` waits for) instead, and processes
+    pydevd's queued commands for this thread between polls as pydevd's own wait does.
+    """
+    deadline = time.monotonic() + max(0.0, timeout)
+    next_progress = time.monotonic() + progress_interval
+    wake = threading.Event()
+    py_db = _global_debugger()
+    process = getattr(py_db, "process_internal_commands", None)
+    while True:
+        try:
+            if debugpy.is_client_connected():
+                return True
+        except Exception:
+            return False
+        now = time.monotonic()
+        if now >= deadline:
+            return False
+        if progress_interval > 0 and now >= next_progress:
+            left = max(0, int(round(deadline - now)))
+            announce.info(f"still waiting for a debugger on {where}: {left} s left")
+            next_progress += progress_interval
+        if process is not None:
+            try:
+                process()
+            except Exception:  # pydevd's internals moved: polling alone still works
+                process = None
+        wake.wait(min(0.05, max(0.0, deadline - now)))

@@ -11,7 +11,9 @@ import contextlib
 import io
 import math
 import os
+import socket
 import sys
+import threading
 import time
 from typing import Any, Mapping
 
@@ -49,6 +51,16 @@ def start(
                 f"{current.host}:{current.port}); reusing it"
             )
             return current
+        if sessions.inherited_debugger():
+            announce.warn(
+                f"this process (pid {os.getpid()}) was forked from a process that runs a "
+                f"debugger; a forked child cannot use or restart its parent's debugger "
+                f"(start the parent with --remote_debug_subprocess to debug children). "
+                f"Continuing without a debugger."
+            )
+            return DebugSession(
+                mode="failed", reason="forked from a debugged process", rank=topology.rank
+            )
         # Without it, debugpy warns on stderr about frozen stdlib modules on every start;
         # the user's own files are never frozen.
         os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
@@ -127,7 +139,10 @@ def _listen(
 ) -> DebugSession:
     bind = settings.remote_debug_listen_host
     requested = settings.port + topology.local_rank if settings.port else 0
-    port, error = _listen_on_free_port(debugpy, bind, requested)
+    address, error = _bindable_address(bind, min(10.0, max(1.0, settings.timeout)))
+    port = None
+    if address is not None:
+        port, error = _listen_on_free_port(debugpy, address, requested)
     if port is None:
         announce.warn(f"could not listen for a debugger on {bind}:{requested}: {error}")
         announce.endpoint(state="failed", mode="listen", host=node, port=requested, bind=bind, **base)
@@ -138,11 +153,9 @@ def _listen(
 
     host = node if bind in ("0.0.0.0", "::", "") else bind
     announce.info(f"remote debugging on {who}: listening on {bind}:{port}, attach to {host}:{port}")
-    if not environment.is_loopback(bind):
-        announce.warn(
-            f"debugpy has no authentication; anyone who can reach port {port} on this node "
-            f"can run code in this process"
-        )
+    exposure = exposure_warning(bind, port)
+    if exposure:
+        announce.warn(exposure)
     timeout = settings.timeout
     announce.say(f"Timeout for debug connection: {seconds(timeout)}")
     announce.say(f"ip_address: {host}")
@@ -195,6 +208,52 @@ def _listen(
     )
 
 
+def exposure_warning(bind: str, port: int) -> str | None:
+    """The warning for a listener other machines can reach (debugpy has no authentication)."""
+    if environment.is_loopback(bind):
+        return None
+    return (
+        f"debugpy has no authentication; anyone who can reach port {port} on this node "
+        f"can run code in this process"
+    )
+
+
+def _bindable_address(host: str, limit: float) -> tuple[str | None, str]:
+    """``host`` as a numeric address this machine can listen on, looked up once.
+
+    A host name is resolved once, on a helper thread given at most ``limit`` seconds (a
+    lookup can hang for tens of seconds on a broken resolver), instead of once per tried
+    port. An address that belongs to another machine (the guides' pitfall: the VS Code
+    client's IP passed as the listen address) is reported as such, not as "port in use".
+    """
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+        numeric = host
+    except OSError:
+        found: list[Any] = []
+
+        def lookup() -> None:
+            try:
+                found.append(socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP))
+            except OSError as error:
+                found.append(error)
+
+        thread = threading.Thread(target=lookup, name="amldbg-resolve", daemon=True)
+        thread.start()
+        thread.join(limit)
+        if not found:
+            return None, f"looking up {host!r} took longer than {seconds(limit)} s"
+        if isinstance(found[0], OSError):
+            return None, f"{host!r} does not resolve ({found[0]})"
+        numeric = str(found[0][0][4][0])
+    if not environment.port_available(numeric, 0):
+        return None, (
+            f"{host} is not an address of this machine; listen on 0.0.0.0 (the default), or "
+            f"give the VS Code machine's address as --remote_debug_client_ip to connect out to it"
+        )
+    return numeric, ""
+
+
 def _listen_on_free_port(debugpy: Any, bind: str, requested: int) -> tuple[int | None, str]:
     error = "no free port"
     candidates = [0] if requested == 0 else [
@@ -244,8 +303,7 @@ def _connect(
     # pydevd's TCP connect timeout (10 s by default) must not outlast the user's timeout.
     os.environ.setdefault("PYDEVD_CONNECT_TIMEOUT", str(max(1, min(10, math.ceil(timeout)))))
     try:
-        with _pydevd_log_silenced():
-            debugpy.connect((client, port))
+        _connect_within(debugpy, client, port, timeout)
     except Exception as error:
         # debugpy makes a single attempt and cannot retry in the same process.
         announce.warn(
@@ -277,6 +335,41 @@ def _connect(
         waited=time.monotonic() - started,
         reason="client attached" if attached else "the client did not finish attaching in time",
     )
+
+
+class _ConnectTimeout(Exception):
+    pass
+
+
+def _connect_within(debugpy: Any, client: str, port: int, timeout: float) -> None:
+    """``debugpy.connect((client, port))``, given up after ``timeout`` seconds.
+
+    pydevd connects and then waits, without a time limit, for the client to say "ready to
+    run": a peer that accepts the TCP connection but never speaks DAP (a port forward with
+    nothing behind it, another program on the port) would hold the script for ever. The
+    connect runs on a helper thread; when it has not finished in time the script goes on
+    without a debugger and the thread is left behind (daemon, blocked on that socket).
+    """
+    outcome: list[BaseException | None] = []
+
+    def connect() -> None:
+        try:
+            with _pydevd_log_silenced():
+                debugpy.connect((client, port))
+            outcome.append(None)
+        except BaseException as error:  # handed to the waiting thread
+            outcome.append(error)
+
+    thread = threading.Thread(target=connect, name="amldbg-connect", daemon=True)
+    thread.start()
+    thread.join(max(0.1, timeout))
+    if not outcome:
+        raise _ConnectTimeout(
+            f"connected, but the peer did not start a debug session within "
+            f"{seconds(timeout)} s (is it a VS Code listening with the printed entry?)"
+        )
+    if outcome[0] is not None:
+        raise outcome[0]
 
 
 def _pydevd_log_silenced() -> Any:

@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping, TypeVar, overload
 
 from amldbg.core import announce, runtime
 from amldbg.core import settings as settings_module
-from amldbg.core.guard import describe
+from amldbg.core.guard import describe, guard
 from amldbg.hooks import parallel
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -111,7 +111,9 @@ def _emit(level: int, message: str) -> None:
             _sink = _resolve_sink()
         _sink(level, message)
     except Exception as error:  # a broken logger must not turn into the user's failure
-        announce.warn(f"could not write a log line through the configured logger: {error}")
+        announce.warn_once(
+            "scoring-sink", f"could not write a log line through the configured logger: {describe(error)}"
+        )
         _announce_sink(level, message)
 
 
@@ -192,11 +194,9 @@ def _before_init(func: Any) -> Any:
     # The common case, debugging off, decides here without importing amldbg.debug.
     if options.enabled is False or (options.enabled is None and _ENABLED_ENV not in env):
         return None
-    try:
+    with guard("remote debugging failed and is off"):  # init() still runs
         return _start_debugging(options, env)
-    except Exception as error:  # amldbg's own failure: one line, and init() still runs
-        announce.warn(f"remote debugging failed and is off: {describe(error)}")
-        return None
+    return None
 
 
 def entry_settings(options: _InitOptions, env: Mapping[str, str]) -> settings_module.DebugSettings:
@@ -385,7 +385,7 @@ def _succeeded(func: Any, elapsed: float, args: tuple[Any, ...], result: Any) ->
         counts = f" -> {results} result{'s' if results != 1 else ''}" if results is not None else ""
         _emit(logging.INFO, f"{_name(func)}(){batch}{counts} took {elapsed * 1000:.1f} ms{process}")
     except Exception as error:
-        announce.warn(f"could not log the call of run(): {error}")
+        announce.warn_once("log-call", f"could not log the call of run(): {describe(error)}")
 
 
 def request_ids(request_headers: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -436,7 +436,7 @@ def _failed(
             f"{_name(func)}(){batch} failed ({', '.join(details)}):\n{text.rstrip()}",
         )
     except Exception as own:
-        announce.warn(f"could not log the failure of run(): {own}")
+        announce.warn_once("log-failure", f"could not log the failure of run(): {describe(own)}")
     _post_mortem(error)
 
 
@@ -450,7 +450,7 @@ def _post_mortem(error: BaseException) -> None:
     ``AMLDBG_REMOTE_DEBUG_POST_MORTEM=1``. The wait for a client uses the entry-script
     timeout (30 s unless set): a request cannot wait 300 s.
     """
-    try:
+    with guard("post-mortem debugging of run() failed"):
         from amldbg.debugger import postmortem
 
         settings = postmortem.enabled_settings() or settings_module.remembered()
@@ -460,5 +460,3 @@ def _post_mortem(error: BaseException) -> None:
             settings = entry_settings(_InitOptions(), os.environ)
         if settings.remote_debug_post_mortem:
             postmortem.show(error, settings, "run()")
-    except Exception as own:
-        announce.warn(f"post-mortem debugging of run() failed: {describe(own)}")

@@ -23,7 +23,7 @@ import sys
 from typing import Any
 
 from amldbg.core import announce
-from amldbg.core.guard import describe
+from amldbg.core.guard import guard
 from amldbg.logs import connection as connections
 from amldbg.logs import driver_log, export
 from amldbg.logs import settings as log_settings
@@ -115,14 +115,12 @@ def get_logger(
     Never raises for amldbg's own problems: they are reported as one warning line.
     """
     logger = logging.getLogger(name or _caller_module())
-    try:
+    with guard("get_logger could not set up logging"):
         settings = log_settings.current()
         driver_log.ensure_line_buffered()
         _install(logger, _handlers(settings, connection_string, backend, appinsights))
         logger.setLevel(level)
         logger.propagate = propagate
-    except Exception as error:
-        announce.warn(f"get_logger could not set up logging: {describe(error)}")
     return logger
 
 
@@ -165,14 +163,12 @@ def configure_logging(
     except ValueError as error:
         announce.warn(f"configure_logging: {error}; keeping the previous settings")
         settings = log_settings.current()
-    try:
+    with guard("configure_logging could not set up logging"):
         driver_log.ensure_line_buffered()
         if root:
             root_logger = logging.getLogger()
             _install(root_logger, _handlers(settings, None, backend, True))
             root_logger.setLevel(level)
-    except Exception as error:
-        announce.warn(f"configure_logging could not set up logging: {describe(error)}")
     return settings
 
 

@@ -70,10 +70,11 @@ def test_per_node_launcher_without_rank_derives_the_global_rank() -> None:
 
 
 def test_open_mpi_node_is_not_ompi_node_rank() -> None:
-    # OMPI_COMM_WORLD_NODE_RANK counts processes on the node, not nodes.
+    # OMPI_COMM_WORLD_NODE_RANK counts processes on the node, not nodes: with 4 processes
+    # per node, rank 5 is on node 1 whatever that variable says.
     topo = _env.topology({"OMPI_COMM_WORLD_RANK": "5", "OMPI_COMM_WORLD_LOCAL_RANK": "1",
                           "OMPI_COMM_WORLD_SIZE": "8", "OMPI_COMM_WORLD_LOCAL_SIZE": "4",
-                          "OMPI_COMM_WORLD_NODE_RANK": "1"})
+                          "OMPI_COMM_WORLD_NODE_RANK": "3"})
     assert topo.node_rank == 1 and topo.rank == 5
 
 

@@ -14,7 +14,7 @@ from processes import Running, child_env
 LOOPBACK = {"AMLDBG_REMOTE_DEBUG_LISTEN_HOST": "127.0.0.1", "AMLDBG_REMOTE_DEBUG_PORT": "0"}
 
 CRASH = textwrap.dedent("""
-    import argparse, amldbg
+    import argparse, sys, amldbg
 
     parser = argparse.ArgumentParser()
     amldbg.add_args(parser)
@@ -32,7 +32,9 @@ CRASH = textwrap.dedent("""
 
     for step in range(20):
         load(step)
-        print("step", step, flush=True)
+        # Arming costs nothing: no debugger, no trace function, until the exception.
+        untraced = sys.gettrace() is None and "debugpy" not in sys.modules
+        print("step", step, "untraced" if untraced else "traced", flush=True)
 """)
 
 
@@ -75,7 +77,8 @@ def test_client_attaching_after_the_crash_stops_at_the_raising_line(tmp_path: Pa
         run.wait_for_line(r"post-mortem debugging is armed on rank 0")
         run.wait_for_line(r"^amldbg: post-mortem: uncaught ValueError: bad total 45 in the main thread")
         port = announced_port(run)
-        assert "step 9" in run.lines  # the work before the crash ran at full speed
+        # The work before the crash ran without a debugger or a trace function.
+        assert "step 9 untraced" in run.lines
         client = DAPClient.connect("127.0.0.1", port)
         try:
             client.attach()  # no exception filters: the stop comes from amldbg
