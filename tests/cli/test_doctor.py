@@ -10,8 +10,11 @@ from typing import Iterator
 
 import pytest
 
+from amldbg.cli import doctor as doctor_module
+from amldbg.core import settings as core_settings
+from amldbg.debugger.start import PORT_ATTEMPTS
 from conftest import free_port
-from processes import child_env
+from processes import ROOT, child_env
 
 SECRET_KEY = "3f2a9c1e-7b4d-4e8a-9c0f-5d6e7f8a9b0c"
 
@@ -101,7 +104,8 @@ def test_well_formed_connection_string_is_masked() -> None:
     done = doctor("--remote_debug_port", "0", APPLICATIONINSIGHTS_CONNECTION_STRING=good)
     checks = check_lines(done.stdout)
     assert checks["app insights"].startswith("ok")
-    assert "InstrumentationKey=****;IngestionEndpoint=https://westeurope-5.in.applicationinsights.azure.com" in checks["app insights"]
+    assert "InstrumentationKey=" in checks["app insights"]
+    assert ";IngestionEndpoint=https://westeurope-5.in.applicationinsights.azure.com" in checks["app insights"]
     assert SECRET_KEY[:8] not in done.stdout + done.stderr and SECRET_KEY[-8:] not in done.stdout
 
 
@@ -128,3 +132,123 @@ def test_invalid_flag_value_is_a_one_line_error() -> None:
     done = doctor("--remote_debug_port", "70000")
     assert done.returncode == 2
     assert len(done.stderr.splitlines()) == 1 and "--remote_debug_port" in done.stderr
+
+
+# -- doctor and the script agree (issue 10) ----------------------------------------------------
+INVALID_VALUES = [
+    ("AMLDBG_REMOTE_DEBUG", "maybe"),
+    ("AMLDBG_REMOTE_DEBUG", "disabled"),
+    ("AMLDBG_REMOTE_DEBUG", "2"),
+    ("AMLDBG_REMOTE_DEBUG_POST_MORTEM", "sometimes"),
+    ("AMLDBG_REMOTE_DEBUG_SUBPROCESS", "yes please"),
+    ("AMLDBG_REMOTE_DEBUG_PORT", "70000"),
+    ("AMLDBG_REMOTE_DEBUG_CONNECTION_TIMEOUT", "soon"),
+    ("AMLDBG_REMOTE_DEBUG_RANKS", "first"),
+]
+
+
+@pytest.mark.parametrize("name,value", INVALID_VALUES)
+def test_invalid_values_resolve_as_in_the_script(name: str, value: str) -> None:
+    # The script resolves with core.settings.resolve_settings (one warning, then the default:
+    # off for every switch); doctor must land on the same settings and fail the line.
+    env = {name: value, "AMLDBG_REMOTE_DEBUG_PORT": "5999"} if name != "AMLDBG_REMOTE_DEBUG_PORT" else {name: value}
+    checks, resolved = doctor_module.settings_checks(env, {})
+    assert resolved == core_settings.resolve_settings(None, env=env)
+    assert resolved.enabled is False or name != "AMLDBG_REMOTE_DEBUG"
+    assert checks[0].ok is False and name in checks[0].detail
+
+
+def test_invalid_remote_debug_means_off_in_doctor() -> None:
+    done = doctor("--remote_debug_listen_host", "127.0.0.1", "--remote_debug_port", str(free_port()),
+                  AMLDBG_REMOTE_DEBUG="maybe")
+    checks = check_lines(done.stdout)
+    assert checks["settings"].startswith("FAIL")
+    assert "AMLDBG_REMOTE_DEBUG:" in checks["settings"] and "the script warns and uses off" in checks["settings"]
+    assert "remote debugging off" in checks["settings"]
+
+
+def test_blank_values_are_the_defaults_as_in_the_script() -> None:
+    # read_env: a blank port or timeout means "not set"; a blank switch means off. No failure.
+    done = doctor("--remote_debug_listen_host", "127.0.0.1",
+                  AMLDBG_REMOTE_DEBUG="", AMLDBG_REMOTE_DEBUG_PORT=" ", AMLDBG_REMOTE_DEBUG_CONNECTION_TIMEOUT="")
+    checks = check_lines(done.stdout)
+    assert checks["settings"].startswith("ok"), checks["settings"]
+    assert "remote debugging off" in checks["settings"] and ":5678;" in checks["settings"]
+    assert "timeout 300 s" in checks["settings"]
+
+
+def consecutive_ports(count: int) -> tuple[int, list[socket.socket]]:
+    """``count`` consecutive ports on 127.0.0.1, each held by a listening socket."""
+    for _ in range(50):
+        base = free_port()
+        if base + count > 65535:
+            continue
+        held: list[socket.socket] = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                held.append(sock)
+                sock.bind(("127.0.0.1", port))
+                sock.listen(1)
+            return base, held
+        except OSError:
+            for sock in held:
+                sock.close()
+    pytest.fail(f"no {count} consecutive free ports on 127.0.0.1")
+
+
+def test_fallback_port_prediction_matches_the_script() -> None:
+    # The script tries PORT_ATTEMPTS ports from the requested one; with all of them taken it
+    # runs without a debugger, and doctor must not promise a port beyond them.
+    base, held = consecutive_ports(PORT_ATTEMPTS)
+    try:
+        done = doctor("--remote_debug_listen_host", "127.0.0.1", "--remote_debug_port", str(base))
+        script = subprocess.run(
+            [sys.executable, "-c", "import amldbg; amldbg.enable_remote_debug(); print('script went on')"],
+            capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, cwd=str(ROOT),
+            env=child_env(AMLDBG_REMOTE_DEBUG="1", AMLDBG_REMOTE_DEBUG_LISTEN_HOST="127.0.0.1",
+                          AMLDBG_REMOTE_DEBUG_PORT=str(base), AMLDBG_REMOTE_DEBUG_CONNECTION_TIMEOUT="0",
+                          AMLDBG_NODE_ADDRESS="10.9.8.7"),
+        )
+        # One port freed at the end of the range: both pick it.
+        last = base + PORT_ATTEMPTS - 1
+        held.pop().close()
+        moved = doctor("--remote_debug_listen_host", "127.0.0.1", "--remote_debug_port", str(base))
+    finally:
+        for sock in held:
+            sock.close()
+    port_line = check_lines(done.stdout)["port"]
+    assert port_line.startswith("FAIL") and f"ports {base}-{last} are all taken" in port_line
+    assert "would move" not in port_line
+    assert "could not listen for a debugger" in script.stdout and "script went on" in script.stdout
+    assert f"the script would move to port {last}" in check_lines(moved.stdout)["port"]
+
+
+def test_endpoint_user_info_and_authorization_values_are_masked() -> None:
+    token = "s3cr3tT0kenValue"
+    with_user = (f"InstrumentationKey={SECRET_KEY};"
+                 f"IngestionEndpoint=https://user:{token}@westeurope-5.in.applicationinsights.azure.com/")
+    done = doctor("--remote_debug_port", "0", APPLICATIONINSIGHTS_CONNECTION_STRING=with_user)
+    line = check_lines(done.stdout)["app insights"]
+    assert "westeurope-5.in.applicationinsights.azure.com" in line
+    assert token not in done.stdout + done.stderr and "user:" not in line
+    auth = f"InstrumentationKey={SECRET_KEY};Authorization={token};IngestionEndpoint=https://example.invalid/"
+    done = doctor("--remote_debug_port", "0", "--json", APPLICATIONINSIGHTS_CONNECTION_STRING=auth)
+    assert token not in done.stdout + done.stderr and SECRET_KEY[:8] not in done.stdout
+    assert json.loads(done.stdout)  # still valid JSON after masking
+
+
+def test_doctor_never_prints_a_secret_or_a_control_character() -> None:
+    token = "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"
+    done = doctor(
+        "--json",
+        AMLDBG_REMOTE_DEBUG_CLIENT_IP=f"https://{token}@vscode.example",
+        AMLDBG_REMOTE_DEBUG_LISTEN_HOST="127.0.0.1",
+        AMLDBG_REMOTE_DEBUG_PORT="\x1b]0;owned\x07",
+        APPINSIGHTS_INSTRUMENTATIONKEY=SECRET_KEY,
+    )
+    assert token not in done.stdout + done.stderr and SECRET_KEY[:8] not in done.stdout
+    assert "\x1b" not in done.stdout and "\x07" not in done.stdout
+    checks = {check["name"]: check for check in json.loads(done.stdout)}
+    assert checks["settings"]["ok"] is False and "AMLDBG_REMOTE_DEBUG_PORT" in checks["settings"]["detail"]
+    assert checks["app insights"]["ok"] is False
