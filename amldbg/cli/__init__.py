@@ -108,10 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     doc = commands.add_parser(
         "doctor", help="check this machine for remote debugging and logging", formatter_class=formatter,
         description="Check, where the script will run, what remote debugging and logging "
-        "need: one line per check, ok or FAIL.",
+        "need: one line per check, ok or FAIL. --send-test sends one test trace to "
+        "Application Insights and reports the answer.",
         epilog=doctor.DOCTOR_EPILOG,
     )
-    doc.add_argument("--json", action="store_true", help="print JSON for scripts")
+    doctor.add_arguments(doc)  # --json, --send-test, --timeout
     # The script's own flags, so that doctor checks exactly what the script would do. Their
     # defaults are None here: a flag not given falls back to AMLDBG_* as in the script.
     core_args.add_args(doc, env={})
