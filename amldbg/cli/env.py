@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-from typing import TextIO
+from typing import Any, TextIO
 
-from amldbg.cli.common import EXIT_NEGATIVE, EXIT_OK, CliError
+from amldbg.cli.common import EXIT_NEGATIVE, EXIT_OK, CliError, printable
+from amldbg.core import secrets
 from amldbg.diagnostics import envsnap
 
 ENV_EPILOG = """\
@@ -23,7 +25,8 @@ examples:
   amldbg env snapshot | jq .packages     # or print the JSON
 
 Secret-looking environment variables (tokens, keys, passwords, connection strings) are
-recorded by name only."""
+recorded by name only, credentials inside other values (a token in a URL, a SAS signature)
+are masked, and the file is created readable by its owner only (0600)."""
 
 DIFF_EPILOG = """\
 examples:
@@ -46,12 +49,18 @@ def cmd_env_snapshot(args: argparse.Namespace, out: TextIO) -> int:
         out.write(text)
         return EXIT_OK
     try:
-        with open(args.output, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        # Created owner-only (0600) from the start, like write_env_snapshot()'s file.
+        secrets.write_private(args.output, text)
     except OSError as error:
         raise CliError(f"cannot write {args.output}: {error.strerror or error}") from None
-    out.write(f"amldbg env snapshot: {args.output}: {envsnap.summary(snapshot)}\n")
+    out.write(printable(f"amldbg env snapshot: {args.output}: {envsnap.summary(snapshot)}") + "\n")
     return EXIT_OK
+
+
+def _shown(value: Any) -> Any:
+    # Values from another machine's snapshot, made safe to print; format_diff prints lists
+    # and objects as JSON, which escapes its own control characters.
+    return printable(value) if isinstance(value, str) else value
 
 
 def cmd_env_diff(args: argparse.Namespace, out: TextIO) -> int:
@@ -74,9 +83,20 @@ def cmd_env_diff(args: argparse.Namespace, out: TextIO) -> int:
         sections.append("platform")
     if args.env:
         sections.append("env")
-    differences = envsnap.diff_snapshots(left, right, imports=modules, ignore=args.ignore, sections=sections)
-    if args.json:
-        out.write(json.dumps([d.to_dict() for d in differences], indent=2) + "\n")
-    else:
-        out.write(envsnap.format_diff(differences, args.a, args.b) + "\n")
+    try:
+        differences = envsnap.diff_snapshots(
+            left, right, imports=modules, ignore=args.ignore, sections=sections
+        )
+        if args.json:
+            text = json.dumps([d.to_dict() for d in differences], indent=2)
+        else:
+            shown = [
+                dataclasses.replace(d, name=printable(d.name), a=_shown(d.a), b=_shown(d.b))
+                for d in differences
+            ]
+            text = envsnap.format_diff(shown, printable(args.a), printable(args.b))
+    except (RecursionError, ValueError, TypeError) as error:
+        # The snapshots were checked when loaded; this is a last line of defence.
+        raise CliError(f"cannot compare {args.a} and {args.b}: {error}") from None
+    out.write(text + "\n")
     return EXIT_NEGATIVE if differences else EXIT_OK

@@ -9,7 +9,7 @@ import sys
 from typing import Any, Sequence, TextIO
 
 from amldbg.cli import log_scan
-from amldbg.cli.common import EXIT_NEGATIVE, EXIT_OK, CliError
+from amldbg.cli.common import EXIT_NEGATIVE, EXIT_OK, CliError, printable
 
 FIND_EPILOG = """\
 examples:
@@ -17,30 +17,69 @@ examples:
   amldbg find user_logs/ --json          # every log below a downloaded job folder
   az ml job stream -n JOB | amldbg find  # or read standard input
 
+A job folder may hold user_logs/std_log.txt, one user_logs/std_log_process_<rank>.txt per
+process (the rank comes from the file name when a line lacks it), azureml-logs/70_driver_log*.txt,
+or a parallel job's logs/user/stdout/<node>/process<N>.stdout.txt files.
+
 exit status: 0 when endpoints were found, 1 when none, 2 for unreadable input."""
 
 
-def scan(logs: Sequence[str], stdin: TextIO) -> Any:
-    """The endpoints announced in ``logs`` (files, folders, ``-`` for ``stdin``)."""
+def _say(prog: str, message: str) -> None:
+    print(f"{prog}: {printable(message)}", file=sys.stderr)
+
+
+def scan(logs: Sequence[str], stdin: TextIO, prog: str = "amldbg find") -> Any:
+    """The endpoints announced in ``logs`` (files, folders, ``-`` for ``stdin``).
+
+    A file that cannot be read is reported on stderr and skipped, and so are the damaged
+    records inside a log; :class:`CliError` (exit 2) when a named path does not exist, or
+    when nothing at all could be read.
+    """
     scanner = log_scan.Scanner()
     sources = list(logs) or ["-"]
     if sources == ["-"] and stdin.isatty():
         raise CliError("give one or more log files or folders, or pipe a log into standard input")
     for source in sources:
-        if source == "-":
-            scanner.feed("<stdin>", stdin)
-            continue
-        if not os.path.exists(source):
+        if source != "-" and not os.path.lexists(source):
             raise CliError(f"{source}: no such file or folder")
-        try:
-            files = log_scan.log_files(source)
-            for file in files:
-                with open(file, encoding="utf-8", errors="replace") as handle:
-                    scanner.feed(str(file), handle)
-        except OSError as error:
-            raise CliError(f"cannot read {error.filename or source}: {error.strerror or error}") from None
+    unreadable: list[log_scan.Unreadable] = []
+    read = 0
+    for source in sources:
+        if source == "-":
+            # Bytes, not text: a log is not always UTF-8, and a strict decoder would stop
+            # at the first bad byte.
+            scanner.read("<stdin>", getattr(stdin, "buffer", stdin))
+            read += 1
+            continue
+        for item in log_scan.walk_logs(source):
+            if isinstance(item, log_scan.Unreadable):
+                unreadable.append(item)
+                _say(prog, f"cannot read {item.path}: {item.reason}; skipped")
+                continue
+            try:
+                with open(item, "rb") as handle:
+                    scanner.read(str(item), handle)
+            except OSError as error:
+                unreadable.append(log_scan.Unreadable(str(item), error.strerror or str(error)))
+                _say(prog, f"cannot read {item}: {error.strerror or error}; skipped")
+                continue
+            read += 1
+    if unreadable and not read:
+        first = unreadable[0]
+        raise CliError(f"cannot read {first.path}: {first.reason}")
     for place in scanner.skipped:
-        print(f"amldbg find: skipped a damaged 'amldbg endpoint:' line at {place}", file=sys.stderr)
+        _say(prog, f"skipped a damaged 'amldbg endpoint:' line at {place}")
+    if scanner.damaged > len(scanner.skipped):
+        more = scanner.damaged - len(scanner.skipped)
+        _say(prog, f"skipped {more} more damaged 'amldbg endpoint:' line{'s' if more != 1 else ''}")
+    if scanner.cut_lines:
+        _say(
+            prog,
+            f"{scanner.cut_lines} line{'s' if scanner.cut_lines != 1 else ''} longer than "
+            f"{log_scan.MAX_LINE // 1024} KiB read only in part",
+        )
+    if scanner.dropped:
+        _say(prog, f"more than {log_scan.MAX_ENDPOINTS} endpoints; {scanner.dropped} left out")
     return scanner.endpoints()
 
 
@@ -48,6 +87,7 @@ def cmd_find(args: argparse.Namespace, out: TextIO) -> int:
     """List the debug endpoints announced in the logs."""
     endpoints = scan(args.logs, sys.stdin)
     if args.json:
+        # json.dumps escapes every control character and lone surrogate (ensure_ascii).
         out.write(json.dumps([e.to_dict() for e in endpoints], indent=2) + "\n")
         return EXIT_OK if endpoints else EXIT_NEGATIVE
     if not endpoints:

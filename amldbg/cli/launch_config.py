@@ -8,8 +8,8 @@ import sys
 from typing import Any, TextIO
 
 from amldbg.cli import find, launch_json
-from amldbg.cli.common import EXIT_OK, CliError
-from amldbg.core import vscode
+from amldbg.cli.common import EXIT_OK, CliError, printable
+from amldbg.core import settings, vscode
 
 LAUNCH_EPILOG = """\
 examples:
@@ -30,12 +30,32 @@ def _entry_options(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _from_log_entries(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _attachable(endpoint: Any) -> bool:
+    """Whether an endpoint read from a log may become a launch.json entry.
+
+    The log is untrusted: the port must be a real TCP port (1..65535) and the host a valid
+    host name or address, whatever the scanner let through.
+    """
+    port = endpoint.port
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        return False
+    try:
+        settings.parse_host(endpoint.host)
+    except ValueError:
+        return False
+    if not endpoint.host or printable(endpoint.host) != endpoint.host:
+        return False
     # A listener that failed has no address to attach to; a reverse connect that failed is
     # exactly the case where VS Code needs the listening entry for the next run.
+    if endpoint.mode == "connect":
+        return True
+    return bool(endpoint.mode == "listen" and endpoint.state != "failed")
+
+
+def _from_log_entries(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     usable = [
-        e for e in find.scan(args.from_log, sys.stdin)
-        if e.host and (e.mode == "connect" or (e.mode == "listen" and e.state != "failed"))
+        e for e in find.scan(args.from_log, sys.stdin, prog="amldbg launch-config")
+        if _attachable(e)
     ]
     usable.sort(key=lambda e: (e.rank is None, e.rank or 0, e.port or 0))
     if not usable:
@@ -54,7 +74,7 @@ def _from_log_entries(args: argparse.Namespace) -> tuple[list[dict[str, Any]], l
         verb = "attach to" if endpoint.mode == "listen" else "listen for"
         who = f"rank {endpoint.rank}" if endpoint.rank is not None else "the script"
         if endpoint.worker is not None:
-            who += f" worker {endpoint.worker}"
+            who += f" worker {printable(endpoint.worker)}"  # read from the log
         prefix = args.name or "Azure ML"
         return f"{prefix}: {verb} {who}"
 
@@ -127,7 +147,7 @@ def cmd_launch_config(args: argparse.Namespace, out: TextIO) -> int:
             done.append("added " + ", ".join(repr(n) for n in result.added))
         if result.updated:
             done.append("updated " + ", ".join(repr(n) for n in result.updated))
-        out.write(f"amldbg launch-config: {result.path}: {'; '.join(done)}\n")
+        out.write(printable(f"amldbg launch-config: {result.path}: {'; '.join(done)}") + "\n")
         return EXIT_OK
     out.write(json.dumps(launch_json.new_document(entries, compounds), indent=4) + "\n")
     return EXIT_OK

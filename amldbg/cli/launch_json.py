@@ -12,9 +12,11 @@ json-five is imported only when a file is written (``amldbg launch-config --writ
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -233,21 +235,45 @@ def merge_text(
     return merged, added, updated
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    # Write a sibling file and rename it over the target, so that an interrupted write never
-    # leaves a half-written launch.json behind.
+def _umask() -> int:
+    # The process's umask can only be read by setting it; a CLI command is single-threaded.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _write_atomically(path: Path, text: str, like: os.stat_result | None = None) -> None:
+    """Write ``text`` to ``path`` through a sibling file renamed over it.
+
+    An interrupted write never leaves a half-written launch.json behind. The new file gets
+    ``like``'s permission bits (and, where allowed, its owner), or the umask's default for a
+    file that did not exist.
+    """
     directory = path.parent
     handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(handle, "w", encoding="utf-8", newline="") as out:
             out.write(text)
-        if path.exists():
-            os.chmod(temporary, path.stat().st_mode & 0o7777)
+            out.flush()
+            os.fsync(out.fileno())
+        if like is not None:
+            if hasattr(os, "chown") and (like.st_uid, like.st_gid) != _owner(temporary):
+                # Only root may give a file away; the mode is what matters most.
+                with contextlib.suppress(OSError):
+                    os.chown(temporary, like.st_uid, like.st_gid)
+            os.chmod(temporary, stat.S_IMODE(like.st_mode))
+        else:
+            os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
+
+
+def _owner(path: str) -> tuple[int, int]:
+    info = os.stat(path)
+    return info.st_uid, info.st_gid
 
 
 def merge_into_file(
@@ -259,26 +285,43 @@ def merge_into_file(
 
     A missing file (and its folder) is created. In an existing file an entry whose
     ``name`` matches is replaced where it stands; other entries are appended; every other
-    entry, comment, trailing comma and blank is kept. Raises :class:`LaunchJsonError`, with
-    the file unchanged, when it cannot be read or parsed.
+    entry, comment, trailing comma and blank is kept. The file is replaced atomically and
+    keeps its permission bits; a symbolic link stays a link (the file it points to is
+    written). Raises :class:`LaunchJsonError`, with the file unchanged, when it cannot be
+    read, parsed or written, or is read-only.
     """
     target = Path(path)
     names = [entry.get("name") for entry in (*configurations, *compounds)]
     if any(not isinstance(name, str) or not name for name in names):
         raise LaunchJsonError("every launch.json entry needs a non-empty name")
     result = MergeResult(path=target)
-    if not target.exists():
+    # Through a symlinked launch.json (dotfiles repositories do this) to the real file, so
+    # that the rename replaces the file and not the link.
+    real = Path(os.path.realpath(target))
+    try:
+        info: os.stat_result | None = real.stat()
+    except FileNotFoundError:
+        info = None
+    except OSError as error:
+        raise LaunchJsonError(f"cannot read {target}: {error.strerror or error}") from None
+    if info is None:
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            real.parent.mkdir(parents=True, exist_ok=True)
             text = json.dumps(new_document(configurations, compounds), indent=4) + "\n"
-            _write_atomically(target, text)
+            _write_atomically(real, text)
         except OSError as error:
             raise LaunchJsonError(f"cannot create {target}: {error.strerror or error}") from None
         result.created = True
         result.added = [str(name) for name in names]
         return result
+    if not stat.S_ISREG(info.st_mode):
+        raise LaunchJsonError(f"cannot write {target}: it is not a regular file")
+    if not info.st_mode & 0o222 or not os.access(real, os.W_OK):
+        # Root may write anything, so the mode bits are checked too: a read-only
+        # launch.json was made so on purpose.
+        raise LaunchJsonError(f"cannot write {target}: it is read-only")
     try:
-        raw = target.read_bytes()
+        raw = real.read_bytes()
     except OSError as error:
         raise LaunchJsonError(f"cannot read {target}: {error.strerror or error}") from None
     try:
@@ -291,9 +334,7 @@ def merge_into_file(
     merged, result.added, result.updated = merge_text(text, configurations, compounds, str(target))
     if merged != text:
         try:
-            _write_atomically(target, merged)
+            _write_atomically(real, merged, like=info)
         except OSError as error:
             raise LaunchJsonError(f"cannot write {target}: {error.strerror or error}") from None
     return result
-
-

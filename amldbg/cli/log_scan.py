@@ -13,18 +13,34 @@ Lines may carry any prefix the services add: timestamps, ``[stdout]``, mpirun's
 ranks apart, so that each rank's guide lines are grouped together. amldbg prints both kinds
 for one endpoint; the guide lines that precede an ``amldbg endpoint:`` line of the same
 stream are folded into it rather than reported twice.
+
+Logs come from remote machines and are read as hostile input: lines are read in bounded
+pieces (:class:`amldbg.diagnostics.envsnap.LineReader`), a record whose fields have the
+wrong type or range (a port outside 1..65535, a host that is not a string, JSON nested too
+deeply) is skipped and counted rather than trusted, and everything shown is escaped by the
+caller (:func:`amldbg.cli.common.printable`).
+
+Where a log's lines carry no rank, the file name may: Azure ML v2 writes one
+``user_logs/std_log_process_<rank>.txt`` per process of a distributed job (SDK v1:
+``azureml-logs/70_driver_log_<rank>.txt``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import math
 import os
 import re
+import stat
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
+from amldbg.cli.common import printable
 from amldbg.core.announce import ENDPOINT_MARKER
+from amldbg.diagnostics import envsnap
+from amldbg.diagnostics.envsnap import LineReader
 
 #: The guide's default debug port, assumed when a log names none.
 GUIDE_DEFAULT_PORT = 5678
@@ -47,6 +63,19 @@ _RANK_TAGS = (
 )
 
 _WAITING_STATES = {"waiting", "listening", "connecting"}
+
+# Bounds that keep a hostile log from costing unbounded memory or time.
+#: The longest line read whole; the rest of a longer line is skipped (and counted).
+MAX_LINE = envsnap.MAX_LINE
+MAX_ENDPOINTS = 10_000
+_MAX_STREAMS = 4096
+_MAX_TEXT = 4096  # longest cwd, bind, mode, state or worker name kept
+_MAX_NUMBER = 10**9  # ranks, pids and world sizes beyond this are not real
+_MAX_PLACES = 5  # damaged lines named one by one; the rest are counted
+
+# Log file names that tell the rank of the process that wrote them (Azure ML v2
+# user_logs/std_log_process_03.txt, v1 azureml-logs/70_driver_log_3.txt).
+_RANK_FILE = re.compile(r"^(?:std_log_process_|70_driver_log_)0*(\d+)\.txt$", re.IGNORECASE)
 
 
 @dataclasses.dataclass
@@ -118,34 +147,121 @@ class _Stream:
     last_amldbg: Endpoint | None = None
 
 
+class _Damaged(ValueError):
+    """A record whose fields cannot be trusted: skipped and counted."""
+
+
 def _number(value: Any) -> float | None:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _int(value: Any) -> int | None:
+    # A timeout: a finite, non-negative number ("1e400" parses as inf and means nothing).
     if isinstance(value, bool):
         return None
     try:
-        return int(value)
-    except (TypeError, ValueError):
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
         return None
+    return number if math.isfinite(number) and number >= 0 else None
+
+
+def _int(value: Any) -> int | None:
+    # A rank, pid or world size: a whole number in a range real processes have.
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        number = float(value) if isinstance(value, (float, str)) else value
+        if isinstance(number, float):
+            if not number.is_integer():
+                return None
+            number = int(number)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if 0 <= number <= _MAX_NUMBER else None
+
+
+def _text(value: Any) -> str | None:
+    # A free-text field (cwd, bind): a string, bounded; anything else is dropped.
+    if isinstance(value, str):
+        return value[:_MAX_TEXT]
+    return None
+
+
+def _port(value: Any) -> int | None:
+    """A port read from a log: ``None`` when absent; a damaged record unless 1..65535."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise _Damaged("port")
+    try:
+        port = int(value)
+    except (TypeError, ValueError):
+        raise _Damaged("port") from None
+    if not 1 <= port <= 65535:
+        raise _Damaged("port")
+    return port
+
+
+_HOST_CHARACTERS = re.compile(r"^[0-9A-Za-z_.:%-]{1,253}$")
+
+
+def _host(value: Any) -> str | None:
+    """A host read from a log: ``None`` when absent; a damaged record unless it is a string
+    that can be a host name or an IP address (no spaces, no control characters)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _Damaged("host")
+    host = value.strip().strip("[]")
+    if not _HOST_CHARACTERS.match(host):
+        raise _Damaged("host")
+    return host
+
+
+def _worker(value: Any) -> Any:
+    # Which worker of a runtime (a gunicorn index, a parallel-job process): a number or a
+    # short name; anything nested would only be a way to cost memory and time.
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    if isinstance(value, str):
+        return value[:64]
+    raise _Damaged("worker")
+
+
+def _word(value: Any, default: str) -> str:
+    # mode and state: short strings.
+    if value is None or value == "":
+        return default
+    if not isinstance(value, str):
+        raise _Damaged("mode/state")
+    return value[:64]
 
 
 def _rank_tag(line: str) -> tuple[str, int | None]:
     for pattern, kind in _RANK_TAGS:
         found = pattern.search(line)
         if found:
-            return f"{kind}{found.group(1)}", int(found.group(1))
+            rank = _int(found.group(1))
+            if rank is None:
+                return "", None
+            return f"{kind}{rank}", rank
     return "", None
+
+
+def rank_from_name(source: str | os.PathLike[str]) -> int | None:
+    """The rank a log file's name says it holds, or ``None``.
+
+    ``std_log_process_03.txt`` (Azure ML v2, one file per process of a distributed job)
+    and ``70_driver_log_3.txt`` (SDK v1) hold rank 3's output; ``std_log.txt``,
+    ``70_driver_log.txt`` and the parallel job's per-process files name no rank.
+    """
+    found = _RANK_FILE.match(Path(source).name)
+    return _int(found.group(1)) if found else None
 
 
 class Scanner:
     """Collects endpoints from lines fed one source at a time; :meth:`endpoints` reports them.
 
-    Use :func:`scan_paths` or :func:`scan_text` unless you feed lines yourself.
+    Use :func:`scan_paths` or :func:`scan_text` unless you feed lines yourself. Damaged
+    ``amldbg endpoint:`` records are skipped: :attr:`damaged` counts them and
+    :attr:`skipped` names the first few (``source:line``).
     """
 
     def __init__(self) -> None:
@@ -155,17 +271,33 @@ class Scanner:
         self._sources = 0
         self._by_identity: dict[tuple[Any, ...], Endpoint] = {}
         self.skipped: list[str] = []
+        #: How many damaged records were skipped (``skipped`` names the first few).
+        self.damaged = 0
+        #: How many endpoints were left out beyond :data:`MAX_ENDPOINTS`.
+        self.dropped = 0
+        #: How many lines were too long to read whole (see ``LineReader``).
+        self.cut_lines = 0
 
-    def feed(self, source: str, lines: Iterable[str]) -> None:
-        """Read the lines of one source (a file name, or ``<stdin>``)."""
+    def feed(self, source: str, lines: Iterable[str], rank: int | None = None) -> None:
+        """Read the lines of one source (a file name, or ``<stdin>``).
+
+        ``rank`` is the rank of every line that does not say its own; by default it comes
+        from the file name (:func:`rank_from_name`).
+        """
         self._sources += 1
+        if rank is None:
+            rank = rank_from_name(source)
         streams: dict[str, _Stream] = {}
         for number, raw in enumerate(lines, start=1):
             line = _ANSI.sub("", raw.rstrip("\r\n"))
             tag, tag_rank = _rank_tag(line)
             stream = streams.get(tag)
             if stream is None:
-                stream = streams[tag] = _Stream(rank=tag_rank)
+                if len(streams) >= _MAX_STREAMS:
+                    tag, tag_rank = "", None
+                    stream = streams.get(tag)
+                if stream is None:
+                    stream = streams[tag] = _Stream(rank=tag_rank if tag_rank is not None else rank)
             marker = line.find(ENDPOINT_MARKER)
             if marker >= 0:
                 self._amldbg_line(source, number, line[marker + len(ENDPOINT_MARKER):], stream)
@@ -174,30 +306,44 @@ class Scanner:
         for stream in streams.values():
             self._flush(stream)
 
+    def _skip(self, source: str, number: int) -> None:
+        self.damaged += 1
+        if len(self.skipped) < _MAX_PLACES:
+            self.skipped.append(f"{source}:{number}")
+
     def _amldbg_line(self, source: str, number: int, text: str, stream: _Stream) -> None:
         try:
             fields, _ = json.JSONDecoder().raw_decode(text.strip())
-        except ValueError:
+        except (ValueError, RecursionError):
+            # RecursionError: "[[[[..." nested deeper than the parser goes.
             fields = None
         if not isinstance(fields, dict):
-            self.skipped.append(f"{source}:{number}")
+            self._skip(source, number)
+            return
+        try:
+            host = _host(fields.get("host"))
+            port = _port(fields.get("port"))
+            mode = _word(fields.get("mode"), "listen")
+            state = _word(fields.get("state"), "waiting")
+            worker = _worker(fields.get("worker"))
+        except _Damaged:
+            self._skip(source, number)
             return
         # The guide lines printed just before belong to this endpoint: fold them in.
         pending, stream.pending = stream.pending, None
         rank = _int(fields.get("rank"))
         if rank is None:
             rank = stream.rank
-        mode = str(fields.get("mode") or "listen")
-        host = fields.get("host")
-        port = _int(fields.get("port"))
-        identity: tuple[Any, ...] = (
-            fields.get("pid"), mode, host, port, rank, json.dumps(fields.get("worker"))
-        )
-        if fields.get("pid") is None:
+        pid = _int(fields.get("pid"))
+        identity: tuple[Any, ...] = (pid, mode, host, port, rank, worker)
+        if pid is None:
             # Without a pid, only lines of the same stream can be the same endpoint.
             identity = (source, id(stream), *identity)
         endpoint = self._by_identity.get(identity)
         if endpoint is None:
+            if len(self._found) >= MAX_ENDPOINTS:
+                self.dropped += 1
+                return
             endpoint = Endpoint(source=source, line=number, mode=mode)
             self._by_identity[identity] = endpoint
             self._add(endpoint)
@@ -205,17 +351,16 @@ class Scanner:
             # The same process's lines in a second copy of the log (70_driver_log.txt and
             # std_log.txt of one run): the first file's final state already stands.
             return
-        endpoint.host = None if host is None else str(host)
+        endpoint.host = host
         endpoint.port = port
         endpoint.rank = rank
         endpoint.local_rank = _int(fields.get("local_rank"))
         endpoint.world_size = _int(fields.get("world_size"))
-        endpoint.pid = _int(fields.get("pid"))
-        endpoint.worker = fields.get("worker")
-        endpoint.bind = fields.get("bind")
-        endpoint.cwd = fields.get("cwd")
+        endpoint.pid = pid
+        endpoint.worker = worker
+        endpoint.bind = _text(fields.get("bind"))
+        endpoint.cwd = _text(fields.get("cwd"))
         endpoint.timeout = _number(fields.get("timeout"))
-        state = str(fields.get("state") or "waiting")
         endpoint.state = state
         endpoint.attached = True if state == "attached" else None if state in _WAITING_STATES else False
         if pending is not None and pending.host and pending.host != endpoint.host:
@@ -227,17 +372,23 @@ class Scanner:
         found = _TIMEOUT.search(line)
         if found:
             pending = self._pending_for(stream, source, number, "timeout")
-            pending.timeout = float(found.group(1))
+            pending.timeout = _number(found.group(1))
             return
         found = _IP_ADDRESS.search(line)
         if found:
+            try:
+                host = _host(found.group(1))
+            except _Damaged:
+                return
             pending = self._pending_for(stream, source, number, "host")
-            pending.host = found.group(1).strip("[]")
+            pending.host = host
             return
         found = _PORT.search(line)
         if found and stream.pending is not None and stream.pending.host is not None:
             if stream.pending.port is None:
-                stream.pending.port = int(found.group(1))
+                # "port: 0" or "port: 99999" is no port to attach to: keep the default.
+                with contextlib.suppress(_Damaged):
+                    stream.pending.port = _port(found.group(1))
             return
         found = _ATTACHED.search(line)
         if found:
@@ -264,6 +415,9 @@ class Scanner:
         pending, stream.pending = stream.pending, None
         if pending is None or pending.empty():
             return
+        if len(self._found) >= MAX_ENDPOINTS:
+            self.dropped += 1
+            return
         self._add(
             Endpoint(
                 source=pending.source,
@@ -288,29 +442,74 @@ class Scanner:
         """Every endpoint found so far, in the order the logs first announced them."""
         return sorted(self._found, key=lambda endpoint: self._order[id(endpoint)])
 
+    def read(self, source: str, stream: Any) -> None:
+        """Feed a binary (or text) stream, read in bounded chunks (see ``LineReader``)."""
+        reader = LineReader(stream)
+        try:
+            self.feed(source, reader)
+        finally:
+            self.cut_lines += reader.cut
 
-def log_files(path: str | os.PathLike[str]) -> list[Path]:
-    """The log files to read for ``path``: the file itself, or a folder's log files.
 
-    A downloaded job folder holds ``azureml-logs/70_driver_log.txt``, ``user_logs/std_log.txt``
-    or ParallelRunStep's ``logs/user/...`` files; every ``*.txt``/``*.log`` below it is read,
-    in name order.
+@dataclasses.dataclass
+class Unreadable:
+    """A file or folder that could not be read, and why (one line)."""
+
+    path: str
+    reason: str
+
+
+def walk_logs(path: str | os.PathLike[str]) -> Iterator[Path | Unreadable]:
+    """The log files to read for ``path`` (the file itself, or a folder's log files), and
+    the files or folders below it that cannot be read, in name order.
+
+    A downloaded job folder holds ``azureml-logs/70_driver_log*.txt`` (SDK v1),
+    ``user_logs/std_log.txt`` or one ``user_logs/std_log_process_<rank>.txt`` per process
+    (v2), or a parallel job's ``logs/user/stdout/<node>/process<N>.stdout.txt``,
+    ``logs/user/stderr/...`` and ``logs/user/entry_script_log/<node>/...`` files; every
+    ``*.txt``/``*.log``/``*.out``/``*.err`` below it is read. Symbolic links to folders are
+    not followed (no loops); FIFOs and devices are never opened.
     """
     root = Path(path)
-    if root.is_dir():
-        return sorted(
-            p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in LOG_SUFFIXES
-        )
-    return [root]
+    if not root.is_dir():
+        yield root
+        return
+    errors: list[OSError] = []
+    # In path order, as before (a folder's files and its subfolders' files interleaved).
+    candidates = sorted(
+        Path(folder) / name
+        for folder, _, names in os.walk(root, onerror=errors.append)
+        for name in names
+        if name.lower().endswith(LOG_SUFFIXES)
+    )
+    for candidate in candidates:
+        try:
+            mode = candidate.stat().st_mode
+        except OSError as error:
+            # A dangling link, a link loop: say so rather than pass over it in silence.
+            yield Unreadable(str(candidate), error.strerror or str(error))
+            continue
+        if stat.S_ISREG(mode):
+            yield candidate
+    for problem in errors:
+        yield Unreadable(str(problem.filename or root), problem.strerror or str(problem))
+
+
+def log_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The readable log files for ``path`` (see :func:`walk_logs`, which also reports the
+    unreadable ones)."""
+    return [item for item in walk_logs(path) if isinstance(item, Path)]
 
 
 def scan_paths(paths: Iterable[str | os.PathLike[str]]) -> Scanner:
     """Scan log files and folders; raises ``OSError`` for one that cannot be read."""
     scanner = Scanner()
     for path in paths:
-        for file in log_files(path):
-            with open(file, encoding="utf-8", errors="replace") as handle:
-                scanner.feed(str(file), handle)
+        for item in walk_logs(path):
+            if isinstance(item, Unreadable):
+                raise OSError(f"cannot read {item.path}: {item.reason}")
+            with open(item, "rb") as handle:
+                scanner.read(str(item), handle)
     return scanner
 
 
@@ -335,7 +534,7 @@ def attached_label(endpoint: Endpoint) -> str:
 def format_table(endpoints: list[Endpoint]) -> str:
     """The endpoints as an aligned text table for people."""
     header = ("RANK", "PID", "MODE", "ADDRESS", "ATTACHED", "TIMEOUT", "SOURCE")
-    rows = [header]
+    rows: list[tuple[str, ...]] = [header]
     for endpoint in endpoints:
         timeout = "-" if endpoint.timeout is None else f"{endpoint.timeout:g} s"
         address = endpoint.address + (" (assumed port)" if endpoint.port_assumed else "")
@@ -354,6 +553,8 @@ def format_table(endpoints: list[Endpoint]) -> str:
                 f"{endpoint.source}:{endpoint.line}",
             )
         )
+    # Everything in a row came from a log or a file name: escape it before it is printed.
+    rows = [tuple(printable(cell) for cell in row) for row in rows]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     return "\n".join(lines)

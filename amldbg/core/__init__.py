@@ -7,6 +7,8 @@
 * :mod:`.runtime`: the runtime that calls the script (inference server, parallel job);
 * :mod:`.announce`: the lines written to the driver log, and warn-once;
 * :mod:`.guard`: the one guard that keeps amldbg's own failures out of the host script;
+* :mod:`.secrets`: the masking rules for everything amldbg writes (names, value shapes),
+  and files created 0600;
 * :mod:`.vscode`: VS Code launch.json entry builders.
 
 Nothing in this package imports any other part of amldbg (a test reads the imports).

@@ -17,6 +17,8 @@ import sys
 import threading
 from typing import Any
 
+from amldbg.core import secrets
+
 PREFIX = "amldbg: "
 ENDPOINT_MARKER = "amldbg endpoint: "
 
@@ -47,7 +49,15 @@ def info(message: str) -> None:
 
 
 def warn(message: str) -> None:
-    """Write the single ``amldbg: warning: ...`` line that reports a failure of amldbg's own."""
+    """Write the single ``amldbg: warning: ...`` line that reports a failure of amldbg's own.
+
+    Warnings often quote what failed (an endpoint, a connection string, an exception's
+    text), so secrets in them are masked (:func:`amldbg.core.secrets.mask_value`).
+    """
+    try:
+        message = secrets.mask_value(message)
+    except Exception:  # masking must never cost the warning itself
+        message = "(a warning that could not be masked was withheld)"
     say(PREFIX + "warning: " + message)
 
 

@@ -3,9 +3,13 @@
 A snapshot records what decides how a script behaves beyond its own code: the Python
 version and platform, every installed distribution and its version (with the top-level
 modules it provides), the environment variables that matter to Azure ML jobs, and the GPU
-and CUDA when present. Values of secret-looking variables are never recorded, only their
-names. Take one locally and one on the compute, and :func:`diff_snapshots` (or
-``amldbg env diff``) says what differs, the packages the script imports first.
+and CUDA when present. Secrets are never written (:mod:`amldbg.core.secrets`): a variable
+with a secret-looking name is recorded as ``"<hidden>"``, the credentials inside other
+values (a token in a URL, a SAS signature, a key in a connection string) are masked where
+they stand, and snapshot files are created readable by their owner only (0600). Take one
+locally and one on the compute, and :func:`diff_snapshots` (or ``amldbg env diff``) says
+what differs, the packages the script imports first. :func:`load_snapshot` reads snapshots
+as untrusted input: bounded memory, damaged ones refused in one line, older shapes converted.
 
 From a script, one call writes the snapshot to the driver log and to the run's outputs::
 
@@ -21,6 +25,7 @@ import ast
 import dataclasses
 import datetime
 import json
+import math
 import os
 import platform
 import re
@@ -28,16 +33,16 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import IO, Any, AnyStr, Iterable, Iterator, Mapping, Sequence
 
 from amldbg._version import __version__
-from amldbg.core import announce, environment
+from amldbg.core import announce, environment, secrets
 
 #: Marks the snapshot line a script writes to the driver log; ``amldbg env diff`` reads it.
 SNAPSHOT_MARKER = "amldbg env snapshot: "
 SNAPSHOT_FORMAT = 1
 DEFAULT_OUTPUT = os.path.join("outputs", "amldbg_env.json")
-HIDDEN = "<hidden>"
+HIDDEN = secrets.MASK
 
 # Environment variables worth recording: the ones Azure ML, the launchers, CUDA and the
 # common ML libraries read. Everything else (a user's own variables) stays out.
@@ -52,52 +57,14 @@ _ENV_NAMES = {
     "VIRTUAL_ENV", "LD_LIBRARY_PATH", "PATH", "LANG", "LC_ALL", "TZ", "HOME", "USER",
     "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
 }
-# A name containing any of these words is secret-looking: only the name is kept.
-_SECRET_NAME = re.compile(
-    r"TOKEN|SECRET|PASSWORD|PASSWD|(^|_)KEY($|_)|APIKEY|API_KEY|ACCESS_KEY|PRIVATE|"
-    r"CREDENTIAL|CONNECTION_STRING|CONN_STR|(^|_)SAS($|_)|SIGNATURE|(^|_)AUTH|COOKIE|"
-    r"INSTRUMENTATIONKEY|CLIENT_SECRET",
-    re.IGNORECASE,
-)
-# A value that looks like a secret whatever its variable is called.
-_SECRET_VALUE = re.compile(
-    r"InstrumentationKey=|AccountKey=|SharedAccessKey|(^|[?&])sig=|Password=|"
-    r"\beyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}|Bearer\s|://[^/\s:@]+:[^/\s@]+@",
-    re.IGNORECASE,
-)
-
-
-def is_secret_name(name: str) -> bool:
-    """True when a variable's name suggests its value is a secret (token, key, password...)."""
-    return bool(_SECRET_NAME.search(name))
-
-
-def looks_secret(value: str) -> bool:
-    """True when a value looks like a credential: a connection string with a key, a SAS
-    signature, a JWT, a bearer token, a URL with a password."""
-    return bool(_SECRET_VALUE.search(value))
-
-
-def mask_secret(value: str, keep: int = 4) -> str:
-    """``value`` with all but its last ``keep`` characters replaced by ``*`` (at most 4 shown,
-    none for values shorter than 12)."""
-    if len(value) < 12:
-        return "*" * 8
-    return "*" * 8 + value[-min(keep, 4):]
-
-
 def _relevant(name: str) -> bool:
     return name in _ENV_NAMES or name.upper().startswith(_ENV_PREFIXES)
 
 
 def _environment(env: Mapping[str, str]) -> dict[str, str]:
-    recorded = {}
-    for name in sorted(env):
-        if not _relevant(name):
-            continue
-        value = env[name]
-        recorded[name] = HIDDEN if is_secret_name(name) or looks_secret(value) else value
-    return recorded
+    # Secret-looking names are recorded with HIDDEN as their value, and the credentials in
+    # other values (a token in a URL, a SAS signature) are masked where they stand.
+    return secrets.mask_env({name: env[name] for name in sorted(env) if _relevant(name)})
 
 
 def normalize_name(name: str) -> str:
@@ -268,7 +235,7 @@ def env_snapshot(
     ] if record_imports else []
     run = environment.run_context(env)
     topology = environment.topology(env)
-    return {
+    snapshot = {
         "amldbg_snapshot": SNAPSHOT_FORMAT,
         "amldbg_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -297,6 +264,10 @@ def env_snapshot(
             "launcher": topology.launcher,
         },
     }
+    # Beyond the variables, any string (an executable path, a run id) could carry a
+    # credential; the snapshot is written to files and the driver log, so mask it all.
+    masked: dict[str, Any] = secrets.mask_tree(snapshot)
+    return masked
 
 
 def write_env_snapshot(
@@ -312,8 +283,10 @@ def write_env_snapshot(
     run; ``None`` writes no file) and, with ``log``, one ``amldbg env snapshot: {json}`` line
     to stdout, i.e. the driver log, which ``amldbg env diff`` reads directly. In a
     distributed job only local rank 0 writes (one snapshot per node), unless ``all_ranks``;
-    when several nodes write, each file name gets the node's rank. Returns the snapshot, or
-    ``None`` on a rank that did not write. Never raises: a failure is one warning line.
+    when several nodes write, each file name gets the node's rank. The file is created with
+    mode 0600 and both it and the line are masked (:mod:`amldbg.core.secrets`). Returns the
+    snapshot, or ``None`` on a rank that did not write. Never raises: a failure is one
+    warning line.
     """
     env = os.environ if env is None else env
     topology = environment.topology(env)
@@ -331,7 +304,8 @@ def write_env_snapshot(
             target = target.with_name(target.stem + suffix + target.suffix)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(json.dumps(snapshot, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+            # Owner-only from the start: the snapshot names the machine, paths and packages.
+            secrets.write_private(target, json.dumps(snapshot, indent=1, sort_keys=True) + "\n")
         except OSError as error:
             announce.warn(f"could not write the environment snapshot to {target}: {error}")
     if log:
@@ -343,33 +317,186 @@ class SnapshotError(Exception):
     """A snapshot file could not be read; the message says why in one line."""
 
 
-def load_snapshot(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a snapshot from a JSON file, or the last ``amldbg env snapshot:`` line of a log."""
-    try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
-    except OSError as error:
-        raise SnapshotError(f"cannot read {path}: {error.strerror or error}") from None
-    data: Any = None
-    stripped = text.lstrip("\ufeff \t\r\n")
-    if stripped.startswith("{"):
-        try:
-            data = json.loads(stripped)
-        except ValueError:
-            data = None
-    if data is None:
-        for line in reversed(text.splitlines()):
+#: The longest line kept whole when reading logs; the rest of a longer line is skipped.
+MAX_LINE = 1 << 20
+#: The largest snapshot read as one JSON document (a log is read line by line instead).
+MAX_SNAPSHOT_FILE = 64 << 20
+# A driver-log snapshot line of a large environment is long, but not this long.
+_MAX_SNAPSHOT_LINE = 16 << 20
+
+
+class LineReader:
+    """The lines of a log, read in bounded chunks: memory stays bounded whatever the input.
+
+    Iterating yields each line without its line ending, decoded as UTF-8 with undecodable
+    bytes replaced (from a binary stream), or as read (from a text stream). A line longer
+    than ``max_line`` characters is cut to its first ``max_line`` and counted in
+    :attr:`cut`: a 200 MB log without a line break costs ``max_line``, not 200 MB.
+    """
+
+    def __init__(self, stream: IO[Any], max_line: int = MAX_LINE, chunk: int = 1 << 20) -> None:
+        self._stream = stream
+        self.max_line = max_line
+        self._chunk = chunk
+        #: How many lines were longer than ``max_line`` and read only in part.
+        self.cut = 0
+
+    def __iter__(self) -> Iterator[str]:
+        first = self._stream.read(self._chunk)
+        if isinstance(first, bytes):
+            for raw in self._lines(first, b"\n", b""):
+                yield raw.decode("utf-8", "replace").rstrip("\r")
+        else:
+            for text in self._lines(first, "\n", ""):
+                yield text.rstrip("\r")
+
+    def _lines(self, chunk: AnyStr, newline: AnyStr, empty: AnyStr) -> Iterator[AnyStr]:
+        pieces: list[AnyStr] = []
+        size = 0
+        dropping = False
+        while chunk:
+            start = 0
+            while True:
+                end = chunk.find(newline, start)
+                piece = chunk[start:] if end < 0 else chunk[start:end]
+                if not dropping:
+                    room = self.max_line - size
+                    if len(piece) > room:
+                        piece = piece[:room]
+                        dropping = True
+                        self.cut += 1
+                    pieces.append(piece)
+                    size += len(piece)
+                if end < 0:
+                    break
+                yield empty.join(pieces)
+                pieces, size, dropping = [], 0, False
+                start = end + 1
+            chunk = self._stream.read(self._chunk)
+        if size or dropping:
+            yield empty.join(pieces)
+
+
+def _read_snapshot_data(path: str | os.PathLike[str]) -> Any:
+    with open(path, "rb") as handle:
+        head = handle.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+        size = os.fstat(handle.fileno()).st_size
+        handle.seek(0)
+        if head.startswith(b"{") and size <= MAX_SNAPSHOT_FILE:
+            try:
+                return json.loads(handle.read().decode("utf-8", "replace").lstrip("\ufeff"))
+            except ValueError:
+                handle.seek(0)  # maybe a log that starts with "{": look for the line
+        found: str | None = None
+        for line in LineReader(handle, max_line=_MAX_SNAPSHOT_LINE):
             at = line.find(SNAPSHOT_MARKER)
             if at >= 0:
-                try:
-                    data, _ = json.JSONDecoder().raw_decode(line[at + len(SNAPSHOT_MARKER):].strip())
-                except ValueError:
-                    raise SnapshotError(f"{path}: the snapshot line is cut short or damaged") from None
-                break
+                found = line[at + len(SNAPSHOT_MARKER):]
+    if found is None:
+        return None
+    try:
+        data, _ = json.JSONDecoder().raw_decode(found.strip())
+    except ValueError:
+        raise SnapshotError(f"{path}: the snapshot line is cut short or damaged") from None
+    return data
+
+
+def _scalar(value: Any) -> Any:
+    """A value of a snapshot's field as a comparable scalar (a nested one as JSON text)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # 1e400 parses as inf, which strict JSON output cannot hold
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _packages(raw: Any, path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """A snapshot's packages as name -> {"version", "modules"}, from this format or a
+    simpler one (name -> version, or a list of "name==version")."""
+    if isinstance(raw, list):
+        pairs: list[tuple[Any, Any]] = []
+        for item in raw:
+            if isinstance(item, str) and "==" in item:
+                name, _, pinned = item.partition("==")
+                pairs.append((name.strip(), pinned.strip()))
+            elif isinstance(item, dict):
+                pairs.append((item.get("name"), item))
+        raw = dict(pairs)
+    if not isinstance(raw, dict):
+        raise SnapshotError(
+            f"{path}: the snapshot is damaged: its packages are not a list or an object"
+        )
+    packages: dict[str, dict[str, Any]] = {}
+    for name, info in raw.items():
+        if not isinstance(name, str) or not name.strip():
+            continue
+        modules: list[str] = []
+        if isinstance(info, dict):
+            version = info.get("version")
+            found = info.get("modules")
+            if isinstance(found, list):
+                modules = [module for module in found if isinstance(module, str)]
+        else:
+            version = info
+        packages[normalize_name(name)] = {
+            "version": None if version is None else str(_scalar(version)),
+            "modules": modules,
+        }
+    return packages
+
+
+def _normalized(data: Any, path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A loaded snapshot with every section of the expected type, and secrets masked.
+
+    Snapshots come from other machines and older amldbg versions: fields of the wrong
+    type are dropped or converted so that comparing them never fails, and the variables of
+    a snapshot written before masking was complete are masked now.
+    """
     if not isinstance(data, dict) or "packages" not in data or "python" not in data:
         raise SnapshotError(
             f"{path} is not an amldbg environment snapshot (make one with 'amldbg env snapshot')"
         )
-    return data
+    python = data["python"]
+    if isinstance(python, str):
+        python = {"version": python}
+    if not isinstance(python, dict):
+        raise SnapshotError(f"{path}: the snapshot is damaged: its python entry is not an object")
+    snapshot = dict(data)
+    snapshot["python"] = {str(key): _scalar(value) for key, value in python.items()}
+    snapshot["packages"] = _packages(data["packages"], path)
+    imported = data.get("imported")
+    snapshot["imported"] = [
+        normalize_name(name) for name in (imported if isinstance(imported, list) else [])
+        if isinstance(name, str)
+    ]
+    for section in ("platform", "gpu", "env"):
+        value = data.get(section)
+        snapshot[section] = (
+            {str(key): _scalar(item) for key, item in value.items()}
+            if isinstance(value, dict)
+            else None
+        )
+    if snapshot["env"] is not None:
+        snapshot["env"] = secrets.mask_env(
+            {name: "" if value is None else value for name, value in snapshot["env"].items()}
+        )
+    return snapshot
+
+
+def load_snapshot(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a snapshot from a JSON file, or the last ``amldbg env snapshot:`` line of a log.
+
+    Raises :class:`SnapshotError` (one line) for a file that cannot be read, is not a
+    snapshot, or is damaged. Memory stays bounded for logs of any size; the sections of an
+    older or foreign snapshot are converted to the current types and its variables masked.
+    """
+    try:
+        data = _read_snapshot_data(path)
+        return _normalized(data, path)
+    except OSError as error:
+        raise SnapshotError(f"cannot read {path}: {error.strerror or error}") from None
+    except RecursionError:
+        raise SnapshotError(f"{path}: the snapshot is nested too deeply to read") from None
 
 
 @dataclasses.dataclass(frozen=True)

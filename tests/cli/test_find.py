@@ -199,3 +199,51 @@ def test_find_and_launch_config_on_a_real_samples_train_run(tmp_path: Path) -> N
     assert entry["connect"] == {"host": "127.0.0.1", "port": int(listening.group(1))}
     assert entry["type"] == "debugpy" and entry["request"] == "attach"
     assert Path(entry["pathMappings"][0]["remoteRoot"]).resolve() == tmp_path.resolve()
+
+
+def test_v2_job_folder_ranks_from_std_log_process_file_names() -> None:
+    # Azure ML v2 writes one user_logs/std_log_process_<rank>.txt per process: lines that do
+    # not say their rank (the guide's lines, an amldbg line without "rank") get it from there.
+    endpoints = find_json("v2_job")
+    assert [(e["rank"], e["address"], e["state"], e["origin"]) for e in endpoints] == [
+        (0, "10.0.0.6:5678", "attached", "amldbg"),
+        (1, "10.0.0.7:5678", "not-attached", "guide"),
+        (2, "10.0.0.7:5679", "listening", "amldbg"),
+        (3, "10.0.0.7:5680", "waiting", "amldbg"),
+    ]
+    assert endpoints[1]["port_assumed"] is True
+    assert Path(endpoints[1]["source"]).name == "std_log_process_01.txt"
+    rows = table_rows(amldbg("find", "v2_job").stdout)
+    assert [row[0] for row in rows] == ["0", "1", "2", "3"]
+
+
+def test_v2_command_job_std_log() -> None:
+    (endpoint,) = find_json("v2_command")
+    assert (endpoint["rank"], endpoint["address"], endpoint["state"]) == (0, "10.0.0.9:5678", "waiting")
+    assert endpoint["source"].endswith("v2_command/user_logs/std_log.txt")
+
+
+def test_v2_parallel_job_log_folder() -> None:
+    # logs/user/stdout/<node>/process<N>.stdout.txt per worker process, and the older
+    # logs/user/<node>/Process-<N>.txt; the stderr and EntryScript logs are read too.
+    endpoints = find_json("v2_parallel")
+    assert sorted((e["host"], e["port"], e["pid"]) for e in endpoints) == [
+        ("10.0.0.4", 5678, 3301), ("10.0.0.5", 5678, 3401), ("10.0.0.6", 5680, 3501),
+    ]
+    assert all(e["state"] == "listening" for e in endpoints)
+
+
+def test_launch_config_from_a_v2_job_folder(tmp_path: Path) -> None:
+    done = amldbg("launch-config", "--from-log", "v2_job")
+    assert done.returncode == 0, done.stderr
+    document = json.loads(done.stdout)
+    entries = {e["name"]: e["connect"] for e in document["configurations"]}
+    assert entries == {
+        "Azure ML: attach to rank 0": {"host": "10.0.0.6", "port": 5678},
+        "Azure ML: attach to rank 1": {"host": "10.0.0.7", "port": 5678},
+        "Azure ML: attach to rank 2": {"host": "10.0.0.7", "port": 5679},
+        "Azure ML: attach to rank 3": {"host": "10.0.0.7", "port": 5680},
+    }
+    assert document["compounds"][0]["configurations"] == list(entries)
+    parallel = json.loads(amldbg("launch-config", "--from-log", "v2_parallel").stdout)
+    assert sorted(e["connect"]["host"] for e in parallel["configurations"]) == ["10.0.0.4", "10.0.0.5", "10.0.0.6"]

@@ -192,3 +192,56 @@ def test_crlf_tabs_and_a_missing_configurations_key(tmp_path: Path) -> None:
     assert "\n" not in data.replace("\r\n", "")  # no lone LF slipped in
     assert data.startswith('{\r\n\t// only settings so far\r\n\t"version": "0.2.0",\r\n\t"configurations": [\r\n\t\t{')
     assert json5.loads(data)["configurations"][0]["listen"]["port"] == 5700
+
+
+def test_write_through_a_symlink_keeps_the_link_and_the_mode(tmp_path: Path) -> None:
+    # Dotfiles setups link .vscode/launch.json to a file kept elsewhere.
+    real = tmp_path / "dotfiles" / "launch.json"
+    real.parent.mkdir()
+    real.write_text(HEAD + OLD_ENTRY + TAIL)
+    real.chmod(0o640)
+    link = tmp_path / ".vscode" / "launch.json"
+    link.parent.mkdir()
+    link.symlink_to(real)
+    done = amldbg("launch-config", "--host", "10.3.0.5", "--name", "Azure ML: new", "--write", str(link), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert "Azure ML: new" in names(real.read_text())
+    assert (real.stat().st_mode & 0o7777) == 0o640
+    assert sorted(os.listdir(real.parent)) == ["launch.json"]  # no temporary file left behind
+
+
+def test_write_replaces_the_file_atomically(tmp_path: Path) -> None:
+    launch = tmp_path / "launch.json"
+    launch.write_text(HEAD + OLD_ENTRY + TAIL)
+    before = launch.stat().st_ino
+    # A reader holding the old file keeps a complete old copy: the file is replaced, not
+    # rewritten in place.
+    with open(launch, encoding="utf-8") as reader:
+        done = amldbg("launch-config", "--listen", "--write", str(launch), cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert reader.read() == HEAD + OLD_ENTRY + TAIL
+    assert launch.stat().st_ino != before
+    assert sorted(os.listdir(tmp_path)) == ["launch.json"]
+
+
+def test_read_only_launch_json_is_refused(tmp_path: Path) -> None:
+    launch = tmp_path / "launch.json"
+    original = HEAD + OLD_ENTRY + TAIL
+    launch.write_text(original)
+    launch.chmod(0o444)
+    done = amldbg("launch-config", "--host", "10.3.0.5", "--write", str(launch), cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"amldbg launch-config: error: cannot write {launch}: it is read-only; nothing was changed"
+    ]
+    assert launch.read_text() == original and (launch.stat().st_mode & 0o7777) == 0o444
+    assert sorted(os.listdir(tmp_path)) == ["launch.json"]
+
+
+def test_a_new_launch_json_gets_the_usual_mode(tmp_path: Path) -> None:
+    done = amldbg("launch-config", "--listen", "--write", "launch.json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert ((tmp_path / "launch.json").stat().st_mode & 0o777) == 0o666 & ~umask

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
+import stat
 import subprocess
 import sys
 import zipfile
@@ -169,7 +171,12 @@ def test_secret_values_are_never_recorded(tmp_path: Path) -> None:
     for fragment in ("hunter2", "SIGSIG", "c2VjcmV0", "444444444444"):
         assert fragment not in text
     recorded = json.loads(target.read_text())["env"]
-    assert {name: recorded[name] for name in secrets} == dict.fromkeys(secrets, "<hidden>")
+    # Secret names hide the whole value; elsewhere only the credential is masked, so that
+    # the snapshot still says which host a URL names.
+    assert recorded["AZUREML_RUN_TOKEN"] == "<hidden>"
+    assert recorded["APPLICATIONINSIGHTS_CONNECTION_STRING"] == "<hidden>"
+    assert recorded["AZUREML_DATASTORE_URL"] == "https://acct.blob.core.windows.net/c?sv=2022&sig=<hidden>"
+    assert recorded["MLFLOW_TRACKING_URI"] == "https://<hidden>@mlflow.example"
     assert recorded["AZUREML_RUN_ID"] == "run_42"
 
 
@@ -190,3 +197,83 @@ def test_bad_inputs_are_one_line_errors(tmp_path: Path, snapshots: tuple[Path, P
         done = amldbg(*argv)
         assert done.returncode == 2, argv
         assert len(done.stderr.splitlines()) == 1 and reason in done.stderr, done.stderr
+
+
+# Issue 10's examples of what the snapshot, write_env_snapshot() and the driver-log line wrote
+# in plain text: (variable, value, the fragment that must never be written).
+ISSUE_SECRETS = [
+    ("PIP_EXTRA_INDEX_URL", "https://TOKENabc123xyz@pkgs.dev.azure.com/o/_packaging/f/pypi/simple/", "TOKENabc123xyz"),
+    ("PIP_INDEX_URL", "https://user:pa/ss/w0rd@pypi.example/simple", "pa/ss/w0rd"),
+    ("AZUREML_ACCOUNT_KEY1", "plainvalue0001", "plainvalue0001"),
+    ("AZUREML_DATASTORE_STORAGEKEY", "plainvalue0002", "plainvalue0002"),
+    ("AML_DB_PWD", "plainvalue0003", "plainvalue0003"),
+    ("PIP_INDEX_PASS", "plainvalue0004", "plainvalue0004"),
+    ("AZUREML_GIT_PAT", "plainvalue0005", "plainvalue0005"),
+    ("MLFLOW_TRACKING_PASSWORD", "plainvalue0006", "plainvalue0006"),
+    ("AZUREML_SSH_PASSPHRASE", "plainvalue0007", "plainvalue0007"),
+    ("AZUREML_SP_CREDENTIAL", "plainvalue0008", "plainvalue0008"),
+    # By value shape, under names that say nothing.
+    ("AZUREML_STORAGE", "Zm9vYmFyQkFaMTIzNDU2Nzg5MGFiY2RlZmdoaWprbG1ub3BxcnN0dXZ3eHl6QUJD+/XyZ12==", "Zm9vYmFyQkFa"),
+    ("AZUREML_HEADER", "Bearer abcDEF123ghiJKL456", "abcDEF123ghiJKL456"),
+    ("MLFLOW_TRACKING_URI", "azureml://x.api.azureml.ms/mlflow?sig=SIGNATURE123", "SIGNATURE123"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "fragment"), ISSUE_SECRETS, ids=[c[0] for c in ISSUE_SECRETS])
+def test_snapshot_never_holds_a_secret(name: str, value: str, fragment: str) -> None:
+    from amldbg.diagnostics import envsnap
+
+    snapshot = envsnap.env_snapshot({name: value, "AZUREML_RUN_ID": "run_1"}, gpu=False)
+    assert name in snapshot["env"]  # the variable is recorded, its secret is not
+    assert fragment not in json.dumps(snapshot)
+    assert snapshot["env"]["AZUREML_RUN_ID"] == "run_1"
+
+
+def test_write_env_snapshot_file_is_0600_and_the_driver_log_line_is_masked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from amldbg.diagnostics import envsnap
+
+    env = {name: value for name, value, _ in ISSUE_SECRETS}
+    target = tmp_path / "outputs" / "amldbg_env.json"
+    old = os.umask(0o000)  # a permissive umask must not widen the file
+    try:
+        snapshot = envsnap.write_env_snapshot(target, env=env)
+    finally:
+        os.umask(old)
+    assert snapshot is not None
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    line = capsys.readouterr().out
+    assert line.startswith(envsnap.SNAPSHOT_MARKER)
+    written = target.read_text() + line
+    for _, _, fragment in ISSUE_SECRETS:
+        assert fragment not in written
+
+
+def test_env_snapshot_output_file_is_0600(tmp_path: Path) -> None:
+    target = tmp_path / "snap.json"
+    target.write_text("an older, world-readable file")
+    target.chmod(0o644)
+    done = amldbg("env", "snapshot", "-o", str(target), **{n: v for n, v, _ in ISSUE_SECRETS})
+    assert done.returncode == 0, done.stderr
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    fresh = tmp_path / "fresh.json"
+    assert amldbg("env", "snapshot", "-o", str(fresh)).returncode == 0
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o600
+    printed = amldbg("env", "snapshot", **{n: v for n, v, _ in ISSUE_SECRETS}).stdout
+    for _, _, fragment in ISSUE_SECRETS:
+        assert fragment not in target.read_text() and fragment not in printed
+
+
+def test_env_diff_masks_an_old_snapshot_written_before_masking(
+    snapshots: tuple[Path, Path], tmp_path: Path
+) -> None:
+    a, _ = snapshots
+    old = json.loads(a.read_text())
+    old["env"] = {"AZUREML_ACCOUNT_KEY1": "plainvalue0001", "PIP_INDEX_URL": "https://TOKENabc123xyz@h/simple"}
+    old_file = tmp_path / "old.json"
+    old_file.write_text(json.dumps(old))
+    done = amldbg("env", "diff", "--env", str(a), str(old_file))
+    assert done.returncode == 1, done.stderr
+    assert "plainvalue0001" not in done.stdout and "TOKENabc123xyz" not in done.stdout
+    assert "AZUREML_ACCOUNT_KEY1" in done.stdout

@@ -1,0 +1,147 @@
+"""Stack dumps and crash reports: what lands in the driver log and in outputs/amldbg/."""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from amldbg.diagnostics import stacks
+from processes import Running, child_env
+
+
+class Hostile:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr for you")
+
+
+class Huge:
+    def __repr__(self) -> str:
+        return "H" * 1_000_000
+
+
+def _dump_lines(output: str) -> list[dict[str, Any]]:
+    return [json.loads(m) for m in re.findall(r"^amldbg stacks: (\{.*\})$", output, re.M)]
+
+
+def test_dump_shows_every_thread_with_bounded_masked_values(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ready = threading.Event()
+    release = threading.Event()
+
+    def worker_waits(batch_size: int) -> None:
+        api_token = "tok-1234567890abcdef"  # noqa: F841 - read by the dump
+        conn = "Endpoint=sb://x/;SharedAccessKeyName=a;SharedAccessKey=s3cr3tvalue=="  # noqa: F841
+        settings = {"password": "hunter2", "lr": 0.1}  # noqa: F841
+        hostile = Hostile()  # noqa: F841
+        huge = Huge()  # noqa: F841
+        escape = "bell\x07 and \x1b[31mred"  # noqa: F841
+        ready.set()
+        release.wait(30)
+
+    thread = threading.Thread(target=worker_waits, args=(32,), name="loader-7", daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    try:
+        path = stacks.write_dump("request", "from a test", directory=str(tmp_path))
+    finally:
+        release.set()
+        thread.join(10)
+    out = capsys.readouterr().out
+    assert path is not None and Path(path).parent == tmp_path
+    assert re.fullmatch(r"stacks-rank0-pid\d+-\d+\.json", Path(path).name)
+    dump = json.loads(Path(path).read_text())
+    names = [t["name"] for t in dump["threads"]]
+    assert names[0] == "MainThread" and dump["threads"][0]["main"]
+    loader = next(t for t in dump["threads"] if t["name"] == "loader-7")
+    frame = next(f for f in loader["frames"] if f["function"].endswith("worker_waits"))
+    values = frame["locals"]
+    assert values["batch_size"] == "32"
+    assert values["api_token"] == "<hidden>"
+    assert "s3cr3tvalue" not in values["conn"] and "<hidden>" in values["conn"]
+    assert "hunter2" not in values["settings"] and "'lr': 0.1" in values["settings"]
+    assert "repr failed" in values["hostile"]
+    assert len(values["huge"]) <= stacks.MAX_REPR
+    assert "\x07" not in values["escape"] and "\\x07" in values["escape"]
+    assert frame["code"].startswith("release.wait")
+    # The driver log: one machine line with the file, then readable lines, never a secret.
+    [line] = _dump_lines(out)
+    assert line["file"] == path and line["reason"] == "request" and line["rank"] == 0
+    assert any(t["name"] == "loader-7" for t in line["threads"])
+    assert "amldbg: [rank 0] thread loader-7 (daemon), most recent call last:" in out
+    for secret in ("tok-1234567890abcdef", "hunter2", "s3cr3tvalue", "\x1b"):
+        assert secret not in out and secret not in Path(path).read_text()
+
+
+def test_tensors_are_described_without_their_repr() -> None:
+    torch = pytest.importorskip("torch")
+    text = stacks.safe_repr(torch.zeros(3, 4))
+    assert text == "<Tensor shape=(3, 4) dtype=torch.float32 device=cpu>"
+
+
+def test_a_capture_stops_reading_values_when_its_budget_is_spent() -> None:
+    dump = stacks.capture("request", budget=0.0)
+    main = dump["threads"][0]
+    assert main["frames"], "frames are recorded even without values"
+    assert all(
+        set(f.get("locals", {})) <= {"..."} for f in main["frames"]
+    ), "no value is read past the budget"
+
+
+CRASHING = textwrap.dedent(
+    """
+    import argparse, amldbg
+
+    def load(path):
+        storage_key = "AccountKey=abcdefghijklmnop1234"
+        rows = list(range(1000))
+        raise ValueError(f"cannot parse {path}")
+
+    parser = argparse.ArgumentParser()
+    amldbg.add_args(parser)
+    amldbg.enable_remote_debug(parser.parse_args())
+    print("started", flush=True)
+    load("data/part-7.csv")
+    """
+)
+
+
+def _traceback(output: str) -> list[str]:
+    lines = output.splitlines()
+    start = lines.index("Traceback (most recent call last):")
+    return [line for line in lines[start:] if not line.startswith("amldbg")]
+
+
+@pytest.mark.parametrize("env", [{}, {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}],
+                         ids=["debugged-rank", "other-rank"])
+def test_crash_report_leaves_traceback_and_exit_code_unchanged(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    script = tmp_path / "crash.py"
+    script.write_text(CRASHING)
+    with Running([str(script)], cwd=tmp_path, env=child_env(**env)) as plain:
+        plain_code = plain.wait(60)
+    flags = ["--remote_debug_post_mortem", "--remote_debug_connection_timeout", "0",
+             "--remote_debug_listen_host", "127.0.0.1", "--remote_debug_port", "0"]
+    with Running([str(script), *flags], cwd=tmp_path, env=child_env(**env)) as run:
+        code = run.wait(90)
+    assert code == plain_code == 1
+    assert _traceback(run.output) == _traceback(plain.output)
+    rank = env.get("RANK", "0")
+    [report_path] = list((tmp_path / "outputs" / "amldbg").glob(f"crash-rank{rank}-pid*.json"))
+    report = json.loads(report_path.read_text())
+    assert report["exception"] == "ValueError: cannot parse data/part-7.csv"
+    assert report["rank"] == int(rank) and report["world_size"] == int(env.get("WORLD_SIZE", 1))
+    top = report["frames"][-1]
+    assert (top["function"], top["locals"]["path"]) == ("load", "'data/part-7.csv'")
+    assert top["locals"]["storage_key"] == "<hidden>"
+    assert "abcdefghijklmnop1234" not in report_path.read_text()
+    assert "Python 3" in report["environment"]["summary"]
+    line = json.loads(run.wait_for_line(r"^amldbg crash: (\{.*\})$").group(1))
+    assert line["file"].endswith(report_path.name) and line["frame"] == f"crash.py:{7} in load"

@@ -1,0 +1,134 @@
+"""The stall report (--remote_debug_stall_timeout) on real scripts: blocked in C, holding the
+GIL in C, marking progress with amldbg.heartbeat(), and never changing how the script ends."""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from processes import Running, child_env
+
+
+def dumps(output: str) -> list[dict[str, Any]]:
+    return [json.loads(m) for m in re.findall(r"^amldbg stacks: (\{.*\})$", output, re.M)]
+
+
+def script(tmp_path: Path, body: str) -> str:
+    path = tmp_path / "job.py"
+    path.write_text(textwrap.dedent(body))
+    return str(path)
+
+
+def test_a_job_blocked_in_c_is_reported_once_and_keeps_running(tmp_path: Path) -> None:
+    job = script(tmp_path, """
+        import os, amldbg
+
+        amldbg.enable_remote_debug(stall_timeout=1)
+
+        def wait_for_peer(fd):
+            return os.read(fd, 1)  # blocked in C, like a collective: forever
+
+        r, w = os.pipe()
+        wait_for_peer(r)
+    """)
+    with Running([job], cwd=tmp_path) as run:
+        run.wait_for_line(r"^amldbg: stall report armed on rank 0 \(pid \d+\)")
+        run.wait_for_line(r"^amldbg stacks: ", timeout=60)
+        first = dumps(run.output)[0]
+        assert first["reason"] == "stall" and first["rank"] == 0
+        main = first["threads"][0]
+        assert main["main"] and main["frames"][-1][2] == "wait_for_peer"
+        path = Path(tmp_path, first["file"])
+        saved = json.loads(path.read_text())
+        assert saved["threads"][0]["frames"][-1]["locals"]["fd"].isdigit()
+        run.wait_for_line(r"^amldbg: \[rank 0\]   File .*job\.py\", line 7, in wait_for_peer$")
+        # Still stalled a while later: no second report for the same stall, and still alive.
+        with pytest.raises(AssertionError):
+            run.wait_for_line(r'"seq":2', timeout=3)
+        assert run.proc.poll() is None, "a stall report never ends the job"
+
+
+def test_stall_ends_then_a_new_stall_is_reported_again(tmp_path: Path) -> None:
+    job = script(tmp_path, """
+        import os, select, time, amldbg
+
+        amldbg.enable_remote_debug(stall_timeout=0.5)
+        r, w = os.pipe()
+
+        def blocked(seconds):
+            select.select([r], [], [], seconds)
+
+        for round in range(2):
+            blocked(2.5)
+            print(f"round {round} over", flush=True)
+            deadline = time.monotonic() + 1.5
+            while time.monotonic() < deadline:  # progress: Python work
+                squares = [i * i for i in range(1000)]
+        print("done", flush=True)
+    """)
+    with Running([job], cwd=tmp_path) as run:
+        assert run.wait(90) == 0
+    found = dumps(run.output)
+    assert [d["reason"] for d in found] == ["stall", "stall"], run.output
+    assert all(d["threads"][0]["frames"][-1][2] == "blocked" for d in found)
+    assert len(re.findall(r"^amldbg: stall: rank 0 \(pid \d+\) made progress again", run.output, re.M)) == 2
+    assert "done" in run.lines
+
+
+def test_heartbeat_marks_progress(tmp_path: Path) -> None:
+    job = script(tmp_path, """
+        import select, amldbg
+
+        amldbg.enable_remote_debug(stall_timeout=0.5)
+        for step in range(12):
+            select.select([], [], [], 0.25)  # every sample sees this same C call
+            amldbg.heartbeat()
+        print("done", flush=True)
+    """)
+    with Running([job], cwd=tmp_path) as run:
+        assert run.wait(60) == 0
+    assert dumps(run.output) == []
+    assert "done" in run.lines
+
+
+def test_gil_held_in_c_is_reported_by_faulthandler(tmp_path: Path) -> None:
+    job = script(tmp_path, """
+        import ctypes, amldbg
+
+        amldbg.enable_remote_debug(stall_timeout=1)
+        libc = ctypes.PyDLL(None)  # PyDLL keeps the GIL during the call
+
+        def hold_the_gil():
+            libc.sleep(4)
+
+        hold_the_gil()
+        print("done", flush=True)
+    """)
+    with Running([job], cwd=tmp_path) as run:
+        assert run.wait(60) == 0
+    output = run.output
+    assert re.search(r"^Timeout \(0:00:0\d", output, re.M), output
+    at = output.index("Timeout (")
+    assert re.search(r'File ".*job\.py", line 8 in hold_the_gil', output[at:]), output
+    assert "done" in run.lines
+
+
+def test_off_by_default_and_for_bad_values(tmp_path: Path) -> None:
+    job = script(tmp_path, """
+        import threading, time, amldbg
+        amldbg.enable_remote_debug()
+        time.sleep(1.5)
+        print("threads", sorted(t.name for t in threading.enumerate()), flush=True)
+    """)
+    env = child_env(AMLDBG_REMOTE_DEBUG_STALL_TIMEOUT="soon")
+    with Running([job], cwd=tmp_path, env=env) as run:
+        assert run.wait(60) == 0
+    assert "threads ['MainThread']" in run.lines
+    assert dumps(run.output) == []
+    warning = run.wait_for_line(r"^amldbg: warning: ignoring AMLDBG_REMOTE_DEBUG_STALL_TIMEOUT")
+    assert "using 0" in warning.string
