@@ -1,6 +1,6 @@
-"""The background queue: callers append and return at once; one thread per process exports.
+"""The background queues: callers append and return at once; each destination has its own thread.
 
-Why a queue of amldbg's own instead of the exporters' own threads: both Application
+Why queues of amldbg's own instead of the exporters' own threads: both Application
 Insights exporters flush at exit without a useful time limit, lose batches on connection
 errors when statsbeat is off, and lose records in forked children (their thread does not
 survive ``fork``); MLflow's ``log_metric`` blocks for hundreds of milliseconds in Azure ML.
@@ -9,15 +9,19 @@ Here:
 * :meth:`Channel.put` never blocks and never does I/O: a bounded ``deque``; when it is
   full the **oldest** record is dropped (the records closest to a crash are the ones
   people need) and counted; the count is reported once, at exit or :func:`flush`.
-* One daemon thread per process (``amldbg-export``) creates the sinks (their
-  constructors can block for seconds, and import heavy packages) and sends batches.
-  Retryable failures (refused connection, timeouts, 429/5xx) keep the batch and retry
-  with exponential back-off; permanent ones drop it with one warning.
+* Each destination (channel) has one daemon thread (``amldbg-export``) that creates its
+  sink (constructors can block for seconds, and import heavy packages) and sends
+  batches, so a destination that hangs never delays another. Every send is given a
+  time limit and every sink keeps to it (MLflow's and azureml-core's own retries and
+  waits included, see :mod:`.mlflow_metrics` and :mod:`.run_metrics`). Retryable
+  failures (refused connection, timeouts, 429/5xx) keep the batch and retry with
+  exponential back-off; permanent ones drop it with one warning.
 * At exit, pending records get a bounded grace period (:data:`~amldbg.logs.settings.DEFAULT_GRACE_PERIOD`
   seconds by default); every request made during it is limited to the time left, so the
   process never hangs.
-* After ``fork`` the child starts from an empty queue and builds its own sinks on first
-  use (``os.register_at_fork``); the parent's pending records stay the parent's.
+* ``fork`` waits at most :data:`FORK_WAIT` seconds, and only while a sink is being built
+  (imports in progress), never for a request. The child starts from empty queues and
+  builds its own sinks on first use; the parent's pending records stay the parent's.
 """
 
 from __future__ import annotations
@@ -41,10 +45,22 @@ DROP = "drop"
 MAX_BACKOFF = 30.0
 #: Wait between retries during the exit grace period, in seconds.
 EXIT_BACKOFF = 0.2
+#: Margin for an export thread to notice the exit deadline once its last request returns.
+JOIN_MARGIN = 0.25
+
+#: Identities of the threads that send (export threads and their helper calls): the records
+#: they make are the exporters' own transport messages, never exported or printed.
+_export_idents: set[int] = set()
 
 
 class Sink:
-    """What a channel sends to. Subclasses implement :meth:`send` (and :meth:`close`)."""
+    """What a channel sends to. Subclasses implement :meth:`send` (and :meth:`close`).
+
+    Both must return within about the ``timeout`` they are given, whatever the destination
+    does: a library call that can outlast it goes through :func:`call_within`. A sink that
+    delivered part of a batch before failing may remove those items from ``batch`` (the
+    channel's pending list, retried as it is left) so they are not sent twice.
+    """
 
     #: A short description of the last failure, safe to print (no secrets).
     last_error: str = ""
@@ -57,8 +73,40 @@ class Sink:
         """Flush and release what the sink holds, within ``timeout`` seconds."""
 
 
+def call_within(function: Callable[[], Any], timeout: float, name: str = "amldbg-export-call") -> tuple[bool, Any]:
+    """Run ``function`` on a daemon thread and wait at most ``timeout`` seconds for it.
+
+    Returns ``(True, result)`` when it returned in time, ``(False, None)`` when it did not
+    (it carries on in the background, abandoned; at exit it is not waited for). An
+    exception it raised is raised here. For library calls whose own limits cannot be set
+    (azureml-core's ``Run.flush`` waits up to twice its timeout plus minutes of ingestion).
+    """
+    outcome: list[Any] = []
+    done = threading.Event()
+
+    def target() -> None:
+        ident = threading.get_ident()
+        _export_idents.add(ident)
+        try:
+            outcome.append((True, function()))
+        except BaseException as error:  # handed to the caller
+            outcome.append((False, error))
+        finally:
+            _export_idents.discard(ident)
+            done.set()
+
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
+    if not done.wait(max(0.0, timeout)):
+        return False, None
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return True, value
+
+
 class Channel:
-    """One destination's queue, filled by callers and drained by the export thread."""
+    """One destination's queue, filled by callers and drained by its own export thread."""
 
     def __init__(
         self,
@@ -86,6 +134,8 @@ class Channel:
         self.backoff = 0.0
         self.dropped_full = 0
         self.lost = 0
+        self.wakeup = threading.Event()
+        self.thread: threading.Thread | None = None
 
     def put(self, item: Any) -> None:
         """Queue one item; never blocks. When the queue is full the oldest item is dropped."""
@@ -99,7 +149,7 @@ class Channel:
         # while it backs off from a failing endpoint, a wake-up per call would cost the
         # callers the GIL hand-over each time.
         if len(items) == self.batch_size:
-            self.exporter.wake()
+            self.wakeup.set()
 
     def idle(self) -> bool:
         """True when nothing waits to be sent."""
@@ -111,7 +161,7 @@ class Channel:
 
 
 class Exporter:
-    """The per-process export thread and its channels."""
+    """The per-process channels and their export threads."""
 
     def __init__(self, generation: int) -> None:
         self.generation = generation
@@ -119,16 +169,12 @@ class Exporter:
         self.channels: dict[str, Channel] = {}
         self.grace_period = 3.0
         self._lock = threading.Lock()
-        self._wake = threading.Event()
         self._progress = threading.Condition()
         self._stop_deadline: float | None = None
-        self._thread: threading.Thread | None = None
-        self._finished = threading.Event()
         self._reported = False
-        self.thread_ident: int | None = None
-        # True while a sink is being built (imports in progress) or a batch is being
-        # sent (third-party locks held); see _before_fork.
-        self.busy = False
+        # Identities of this exporter's threads while they build a sink (imports in
+        # progress); see _before_fork.
+        self.building: set[int] = set()
         self._building = threading.Condition()
 
     # -- callers' side -------------------------------------------------------------
@@ -142,40 +188,49 @@ class Exporter:
         interval: float = 0.5,
         request_timeout: float = 10.0,
     ) -> Channel:
-        """The channel for ``key``, created (and the thread started) on first use."""
+        """The channel for ``key``, created (and its thread started) on first use."""
         with self._lock:
             found = self.channels.get(key)
             if found is None:
                 found = Channel(self, name, factory, maxlen, batch_size, interval, request_timeout)
                 self.channels[key] = found
-                self._wake.set()  # build its sink now
-            if self._thread is None and self._stop_deadline is None:
-                self._thread = threading.Thread(target=self._run, name="amldbg-export", daemon=True)
-                self._thread.start()
+                if self._stop_deadline is None:
+                    found.thread = threading.Thread(target=self._run, args=(found,),
+                                                    name="amldbg-export", daemon=True)
+                    found.thread.start()
             return found
 
-    def _not_busy(self) -> None:
-        with self._building:
-            self.busy = False
-            self._building.notify_all()
+    @property
+    def thread_ident(self) -> int | None:
+        """Identity of the first channel's export thread (kept for older callers; use
+        :func:`is_export_thread`, which knows every export thread)."""
+        for ch in list(self.channels.values()):
+            if ch.thread is not None:
+                return ch.thread.ident
+        return None
 
-    def wait_until_idle(self, timeout: float) -> None:
-        """Wait (bounded) while the export thread is building a sink or sending a batch."""
+    def wait_while_building(self, timeout: float) -> bool:
+        """Wait (bounded) while an export thread builds a sink; True when none does."""
         deadline = time.monotonic() + timeout
         with self._building:
-            while self.busy:
+            while self.building:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    return
+                    return False
                 self._building.wait(left)
+        return True
 
     def wake(self) -> None:
-        """Ask the export thread to look at the queues now."""
-        self._wake.set()
+        """Ask every export thread to look at its queue now."""
+        for ch in list(self.channels.values()):
+            ch.wakeup.set()
 
     def warn_once(self, key: str, message: str) -> None:
         """Write one ``amldbg: warning:`` line per ``key`` for the life of the process."""
         announce.warn_once("export:" + key, message)
+
+    def _alive(self) -> bool:
+        return any(ch.thread is not None and ch.thread.is_alive() for ch in list(self.channels.values()))
 
     def flush(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s until every queue is sent; True when all were."""
@@ -184,32 +239,34 @@ class Exporter:
             # A flush is a reason to try a failing destination again now (once: the
             # back-off applies again after that attempt).
             ch.retry_at = min(ch.retry_at, time.monotonic())
-        self._wake.set()
+        self.wake()
         with self._progress:
             while True:
                 channels = list(self.channels.values())
                 if all(ch.idle() for ch in channels):
                     return True
                 left = deadline - time.monotonic()
-                if left <= 0 or self._thread is None or not self._thread.is_alive():
+                if left <= 0 or not self._alive():
                     return False
-                self._wake.set()
+                self.wake()
                 self._progress.wait(min(left, 0.05))
 
     def shutdown(self, grace: float | None = None) -> None:
         """Send what is pending within ``grace`` seconds, close the sinks, report losses."""
         grace = self.grace_period if grace is None else grace
         deadline = time.monotonic() + max(0.0, grace)
-        thread = self._thread
         with self._lock:
             if self._stop_deadline is None:
                 self._stop_deadline = deadline
-        self._wake.set()
-        if thread is not None and thread is not threading.current_thread():
-            loading = any(ch.sink is None and not ch.broken for ch in list(self.channels.values()))
+            channels = list(self.channels.values())
+        self.wake()
+        current = threading.current_thread()
+        threads = [ch.thread for ch in channels if ch.thread is not None and ch.thread is not current]
+        if threads:
+            loading = any(ch.sink is None and not ch.broken for ch in channels)
             with _late_imports_allowed(loading):
-                # Margin for the thread to notice the deadline once its last request returns.
-                thread.join(max(0.0, deadline - time.monotonic()) + 0.25)
+                for thread in threads:
+                    thread.join(max(0.0, deadline - time.monotonic()) + JOIN_MARGIN)
         self.report()
 
     def report(self) -> None:
@@ -231,73 +288,76 @@ class Exporter:
                     f"{self.grace_period:g} s grace period{detail}"
                 )
 
-    # -- the export thread -----------------------------------------------------------
-    def _run(self) -> None:
-        self.thread_ident = threading.get_ident()
+    # -- the export threads ----------------------------------------------------------
+    def _run(self, ch: Channel) -> None:
+        ident = threading.get_ident()
+        _export_idents.add(ident)
         try:
             while True:
                 deadline = self._stop_deadline
                 if deadline is not None:
-                    for ch in list(self.channels.values()):
-                        ch.retry_at = min(ch.retry_at, time.monotonic() + EXIT_BACKOFF)
+                    ch.retry_at = min(ch.retry_at, time.monotonic() + EXIT_BACKOFF)
                 did = False
-                for ch in list(self.channels.values()):
-                    try:
-                        did = self._service(ch, deadline) or did
-                    except Exception as error:  # never let the thread die
-                        self.warn_once("internal:" + ch.name, f"{ch.name}: export error {type(error).__name__}: {error}")
+                try:
+                    did = self._service(ch, deadline)
+                except Exception as error:  # never let the thread die
+                    self.warn_once("internal:" + ch.name, f"{ch.name}: export error {type(error).__name__}: {error}")
                 with self._progress:
                     self._progress.notify_all()
-                channels = list(self.channels.values())
                 now = time.monotonic()
                 if deadline is not None:
-                    if now >= deadline or all(ch.idle() for ch in channels):
+                    if now >= deadline or ch.idle():
                         break
                     if not did:
-                        self._wake.wait(min(0.05, max(0.0, deadline - now)))
-                        self._wake.clear()
+                        ch.wakeup.wait(min(0.05, max(0.0, deadline - now)))
+                        ch.wakeup.clear()
                     continue
-                if any(ch.pending is None and len(ch.items) >= ch.batch_size for ch in channels):
+                if ch.pending is None and len(ch.items) >= ch.batch_size:
                     continue  # a full batch is waiting: send it without pausing
-                wait = min((ch.interval for ch in channels), default=0.5)
-                for ch in channels:
-                    if ch.pending is not None:
-                        wait = min(wait, max(0.0, ch.retry_at - now))
+                wait = ch.interval
+                if ch.pending is not None:
+                    wait = min(wait, max(0.0, ch.retry_at - now))
                 if wait > 0:
-                    self._wake.wait(wait)
-                self._wake.clear()
-            self._close_sinks()
+                    ch.wakeup.wait(wait)
+                ch.wakeup.clear()
+            self._close_sink(ch)
         finally:
-            self._finished.set()
+            _export_idents.discard(ident)
             with self._progress:
                 self._progress.notify_all()
 
-    def _close_sinks(self) -> None:
+    def _close_sink(self, ch: Channel) -> None:
+        if ch.sink is None:
+            return
         deadline = self._stop_deadline or time.monotonic()
-        for ch in list(self.channels.values()):
-            if ch.sink is not None:
-                try:
-                    ch.sink.close(max(0.1, deadline - time.monotonic()))
-                except Exception as error:
-                    self.warn_once("close:" + ch.name, f"{ch.name}: closing failed: {type(error).__name__}: {error}")
+        try:
+            ch.sink.close(max(0.1, deadline - time.monotonic()))
+        except Exception as error:
+            self.warn_once("close:" + ch.name, f"{ch.name}: closing failed: {type(error).__name__}: {error}")
+
+    def _build(self, ch: Channel) -> None:
+        # Built as soon as the channel exists, not at the first send: the exporters
+        # import packages that cannot be imported once the interpreter shuts down.
+        ident = threading.get_ident()
+        with self._building:
+            self.building.add(ident)
+        try:
+            ch.sink = ch.factory()
+        except Exception as error:
+            ch.broken = True
+            reason = str(error)
+            if "shutdown" in reason and not threading.main_thread().is_alive():
+                reason = (f"the exporter could not be loaded while the script was ending ({error}); "
+                          "records are sent once the exporter has loaded, about a second after get_logger()")
+            self.warn_once("create:" + ch.name, f"{ch.name} is off: {reason}")
+        finally:
+            with self._building:
+                self.building.discard(ident)
+                self._building.notify_all()
 
     def _service(self, ch: Channel, deadline: float | None) -> bool:
         if ch.sink is None and not ch.broken:
-            # Built as soon as the channel exists, not at the first send: the exporters
-            # import packages that cannot be imported once the interpreter shuts down.
-            with self._building:
-                self.busy = True
-            try:
-                ch.sink = ch.factory()
-            except Exception as error:
-                ch.broken = True
-                reason = str(error)
-                if "shutdown" in reason and not threading.main_thread().is_alive():
-                    reason = (f"the exporter could not be loaded while the script was ending ({error}); "
-                              "records are sent once the exporter has loaded, about a second after get_logger()")
-                self.warn_once("create:" + ch.name, f"{ch.name} is off: {reason}")
-            finally:
-                self._not_busy()
+            self._build(ch)
         if ch.pending is None:
             if not ch.items:
                 return False
@@ -322,15 +382,11 @@ class Exporter:
         if deadline is not None:
             timeout = max(0.1, min(timeout, deadline - now))
         count = len(ch.pending)
-        with self._building:
-            self.busy = True
         try:
             result = ch.sink.send(ch.pending, timeout)
         except Exception as error:
             ch.sink.last_error = f"{type(error).__name__}: {error}"
             result = DROP
-        finally:
-            self._not_busy()
         if result == OK:
             ch.pending = None
             ch.backoff = 0.0
@@ -356,7 +412,7 @@ class Exporter:
 
 @contextlib.contextmanager
 def _late_imports_allowed(needed: bool) -> Iterator[None]:
-    """Let an exporter still loading on the export thread finish during the exit grace period.
+    """Let an exporter still loading on an export thread finish during the exit grace period.
 
     By the time ``atexit`` hooks run, ``threading`` has set ``_SHUTTING_DOWN`` and
     ``concurrent.futures`` has refused new work; the OpenTelemetry SDK runs its resource
@@ -408,10 +464,9 @@ def current_generation() -> int:
 
 
 def is_export_thread(thread_ident: int | None) -> bool:
-    """True for the identity of this process's export thread (records it makes must not
-    be exported or printed: they are the exporters' own transport messages)."""
-    exporter = _exporter
-    return exporter is not None and thread_ident is not None and thread_ident == exporter.thread_ident
+    """True for the identity of one of this process's export threads (records they make
+    must not be exported or printed: they are the exporters' own transport messages)."""
+    return thread_ident is not None and thread_ident in _export_idents
 
 
 def existing_exporter() -> Exporter | None:
@@ -427,45 +482,85 @@ def _at_exit() -> None:
             exporter.shutdown()
 
 
-#: Longest a fork waits for the export thread to finish what it is doing, in seconds.
-FORK_WAIT = 5.0
+#: Longest a fork waits for an export thread that is building a sink (importing), in seconds.
+#: A fork never waits for a request.
+FORK_WAIT = 0.2
 
-#: Module-level locks of the exporters that their send path takes; a fork while the
-#: parent's export thread holds one would deadlock the child's export thread.
-_THIRD_PARTY_LOCKS = (
+#: Module-level locks that the send paths take; a fork while an export thread holds one
+#: would deadlock the child, so the child gets fresh ones. (MLflow keeps one HTTP session
+#: per process id, and every other exporter object is built anew in the child.)
+_SEND_PATH_LOCKS = (
     ("opencensus.ext.azure.common.transport", "_requests_lock"),
     ("opencensus.ext.azure.statsbeat.state", "_STATSBEAT_STATE_LOCK"),
     ("azure.monitor.opentelemetry.exporter.statsbeat._state", "_REQUESTS_MAP_LOCK"),
     ("azure.monitor.opentelemetry.exporter.statsbeat._state", "_STATSBEAT_STATE_LOCK"),
     ("azure.monitor.opentelemetry.exporter._utils", "_INSTRUMENTATIONS_BIT_MASK_LOCK"),
+    ("amldbg.core.announce", "_warned_lock"),
     ("amldbg.logs.context", "_lock"),
     ("amldbg.logs.metrics", "_lock"),
 )
 
+#: Export threads still importing when the last fork happened (see _forget_half_imports).
+_importing_at_fork: frozenset[int] = frozenset()
+
 
 def _before_fork() -> None:
-    # A fork while the export thread is importing an exporter leaves the child with
-    # half-initialised modules ("partially initialized module"), and one while it sends
-    # leaves locks held that nobody will release. Forks right after start-up are common
-    # (gunicorn workers, DataLoader workers), so the fork waits for the export thread to
-    # finish its current step, at most FORK_WAIT seconds (a hanging endpoint).
+    # Forks are common right after start-up (gunicorn workers, DataLoader workers), when
+    # the export threads import the exporters. A fork in the middle of an import leaves
+    # the child a half-initialised module whose import lock nobody will release, so the
+    # fork waits for the import to finish, but only FORK_WAIT seconds: after that the
+    # child repairs its import state (_after_fork_in_child). Requests in flight are not
+    # waited for: the child replaces the locks they hold and builds its own sinks.
+    global _importing_at_fork
+    _importing_at_fork = frozenset()
     exporter = _exporter
-    if exporter is not None and exporter.busy and exporter.pid == os.getpid():
+    if exporter is not None and exporter.building and exporter.pid == os.getpid():
         with contextlib.suppress(Exception):
-            exporter.wait_until_idle(FORK_WAIT)
+            if not exporter.wait_while_building(FORK_WAIT):
+                _importing_at_fork = frozenset(exporter.building)
+
+
+def _forget_half_imports(owner: int) -> None:
+    """In a child forked while thread ``owner`` was importing: undo its unfinished imports.
+
+    The parent's thread does not exist here, so its module locks would never be released
+    and ``import`` of those modules would wait forever (in the child's own code as well as
+    in its exporter). Each module that thread was still initialising is removed from
+    ``sys.modules`` and its lock forgotten, as Python does for an import that failed, so
+    the next ``import`` runs it afresh. This reads importlib's bootstrap state (the only
+    place it is kept); when that is not as expected nothing is changed.
+    """
+    bootstrap = sys.modules.get("importlib._bootstrap")
+    locks = getattr(bootstrap, "_module_locks", None)
+    if not isinstance(locks, dict):
+        return
+    for name, ref in list(locks.items()):
+        try:
+            lock = ref()
+        except Exception:
+            continue
+        if lock is None or getattr(lock, "owner", None) != owner:
+            continue
+        module = sys.modules.get(name)
+        if module is not None and getattr(getattr(module, "__spec__", None), "_initializing", False):
+            sys.modules.pop(name, None)
+        locks.pop(name, None)
 
 
 def _after_fork_in_child() -> None:
     global _exporter, _generation, _exporter_lock
-    # The parent's thread does not exist here and its locks may be held: start afresh.
+    # The parent's threads do not exist here and their locks may be held: start afresh.
     _generation += 1
     _exporter = None
     _exporter_lock = threading.Lock()
-    # In case the fork did not wait long enough: fresh locks for the exporters' send path.
-    for module_name, attribute in _THIRD_PARTY_LOCKS:
+    _export_idents.clear()
+    for module_name, attribute in _SEND_PATH_LOCKS:
         module = sys.modules.get(module_name)
         if module is not None and hasattr(module, attribute):
             setattr(module, attribute, threading.Lock())
+    for owner in _importing_at_fork:
+        with contextlib.suppress(Exception):
+            _forget_half_imports(owner)
 
 
 if hasattr(os, "register_at_fork"):

@@ -215,3 +215,4 @@ def reset() -> None:
     global _decided
     with _lock:
         _decided = None
+    announce.forget_warnings()

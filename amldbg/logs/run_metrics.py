@@ -9,8 +9,9 @@ azureml-core takes over a second. What this module knows about the real ``Run``:
 * values must be plain numbers: numpy and torch scalars would be stored as strings such
   as ``"np.int64(3)"`` (the caller converts them, :mod:`amldbg.logs.metrics`);
 * a run accepts 50 distinct metric names; later names are refused here with one warning;
-* ``Run.flush(timeout_seconds=300)`` waits for the queued values: called at exit with the
-  time left in the grace period, since nothing else flushes outside the job wrapper.
+* ``Run.flush(timeout_seconds=300)`` waits for the queued values: called at exit within the
+  time left in the grace period (azureml-core's own wait can be several times longer, so
+  the call is abandoned at that limit), since nothing else flushes outside the job wrapper.
 """
 
 from __future__ import annotations
@@ -69,11 +70,24 @@ class AzureMLRunSink(export.Sink):
         return export.OK
 
     def close(self, timeout: float) -> None:
-        """``run.flush`` with the time left, so queued values reach the run before exit."""
+        """``run.flush`` within ``timeout`` seconds, so queued values reach the run before exit.
+
+        azureml-core waits for each of its two metric queues up to ``timeout_seconds`` in turn
+        and then for the service's ingestion (``AZUREML_FLUSH_INGEST_WAIT``, up to 240 s), so
+        it gets half the time and is not waited for beyond ``timeout``.
+        """
         flush = getattr(self.run, "flush", None)
         if flush is None or is_offline_run(self.run):
             return
-        try:
-            flush(timeout_seconds=max(1, int(timeout)))
-        except TypeError:
-            flush()
+
+        def bounded_flush() -> None:
+            try:
+                flush(timeout_seconds=round(max(0.1, timeout / 2), 3))
+            except TypeError:  # a run class whose flush takes no time limit
+                flush()
+
+        finished, _ = export.call_within(bounded_flush, timeout, name="amldbg-run-flush")
+        if not finished:
+            self.last_error = f"run.flush() did not finish within {timeout:.1f} s"
+            self._warn_once("flush", f"Azure ML run metrics: {self.last_error}; values still queued "
+                                     "in azureml-core may not reach the run")

@@ -4,11 +4,25 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
+from logs_support import write_child
 
 from amldbg.logs import export as _queue
+from processes import RunningGroup, child_env
+
+
+def start_group(script: Path, **env: str) -> RunningGroup:
+    """Like ``start_child``, and every process the script forks is killed and reaped at the end
+    (a child that deadlocks must not outlive the test)."""
+    child = child_env(AMLDBG_NODE_ADDRESS="10.0.0.7", **env)
+    for name in ("APPLICATIONINSIGHTS_CONNECTION_STRING", "MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID",
+                 "RANK", "LOCAL_RANK", "WORLD_SIZE", "AZUREML_RUN_ID", "AZUREML_RUN_TOKEN"):
+        if name not in env:
+            child.pop(name, None)
+    return RunningGroup([str(script)], env=child, cwd=script.parent)
 
 
 class GateSink(_queue.Sink):
@@ -101,3 +115,68 @@ def test_a_sink_that_cannot_be_built_is_one_warning(capsys: pytest.CaptureFixtur
     exporter.shutdown(1)
     out = capsys.readouterr().out.splitlines()
     assert out == ["amldbg: warning: Test sink is off: package missing; python -m pip install 'amldbg[x]'"]
+
+
+SLOW_MODULE = """
+import os, time
+# Slow only in the process that started the test (an exporter's import taking long).
+if str(os.getpid()) == os.environ.get("SLOW_IMPORT_PID"):
+    time.sleep(120)
+VALUE = 42
+"""
+
+FORK_DURING_IMPORT = """
+import os, sys, time
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+os.environ["SLOW_IMPORT_PID"] = str(os.getpid())
+from amldbg.logs import export
+
+
+class PrintSink(export.Sink):
+    def send(self, batch, timeout):
+        print("SENT", "child" if os.environ.get("IN_CHILD") else "parent", batch, flush=True)
+        return export.OK
+
+
+def factory():
+    import slowexporter  # an exporter package whose import takes long
+    return PrintSink()
+
+
+def channel():
+    return export.get_exporter().channel("t", "Test sink", factory, maxlen=100, batch_size=10,
+                                         interval=0.05)
+
+
+channel().put("from the parent")
+while "slowexporter" not in sys.modules:  # the export thread is inside the import now
+    time.sleep(0.01)
+forks = 0
+for _ in range(10):  # forks never wait for the import (each used to wait 5 s)
+    pid = os.fork()
+    if pid == 0:
+        os.environ["IN_CHILD"] = "1"
+        import slowexporter  # the child's own code imports the same module
+        print("CHILD IMPORTED", slowexporter.VALUE, flush=True)
+        channel().put("from the child")
+        print("CHILD FLUSHED", export.get_exporter().flush(20), flush=True)
+        os._exit(0)
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    print("CHILD EXIT", code, flush=True)
+    forks += 1
+print("PARENT DONE", forks, flush=True)
+os._exit(0)  # the parent's import is still sleeping; its exit is another test's business
+"""
+
+
+def test_a_fork_during_an_exporters_import_neither_waits_nor_deadlocks_the_child(tmp_path: Path) -> None:
+    (tmp_path / "slowexporter.py").write_text(SLOW_MODULE)
+    script = write_child(tmp_path, FORK_DURING_IMPORT)
+    with start_group(script) as child:
+        assert child.wait(40) == 0, child.output  # ten forks; each child imports afresh
+    lines = child.lines
+    assert lines.count("CHILD IMPORTED 42") == 10, child.output
+    assert lines.count("SENT child ['from the child']") == 10, child.output
+    assert lines.count("CHILD FLUSHED True") == 10 and lines.count("CHILD EXIT 0") == 10
+    assert "PARENT DONE 10" in lines
+    assert not any(line.startswith("SENT parent") for line in lines)

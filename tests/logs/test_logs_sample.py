@@ -28,7 +28,7 @@ def test_with_application_insights_and_mlflow(tmp_path: Path, backend: str, monk
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 keeps its file store behind this
     store = (tmp_path / "mlruns").as_uri()
     with IngestionServer() as server:
-        with start_child(SAMPLE, AMLDBG_APPINSIGHTS_BACKEND=backend, APPLICATIONINSIGHTS_CONNECTION_STRING=server.connection_string,
+        with start_child(SAMPLE, AMLDBG_LOG_GRACE_PERIOD="60", AMLDBG_APPINSIGHTS_BACKEND=backend, APPLICATIONINSIGHTS_CONNECTION_STRING=server.connection_string,
                          MLFLOW_TRACKING_URI=store) as child:
             assert child.wait(60) == 0, child.output
         envelopes = server.wait_for(7, timeout=10)
