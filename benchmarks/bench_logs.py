@@ -1,8 +1,10 @@
-"""Figures for issue 4: the cost of a logging call with the driver-log and Application Insights
-handlers against a plain stdlib logger measured in the same run, its p99 latency with the
-endpoint down or slow, and how fast a process that logged 10,000 records delivers and exits.
+"""Figures for logging: the cost of a logging call with the driver-log and Application Insights
+handlers against a plain stdlib logger and against the guides' own ``AzureLogHandler`` set-up
+measured in the same run (saturated: interleaved rounds, median of per-round ratios), the
+paced cost, the p99 latency with the endpoint down or slow, and how fast a process that
+logged 10,000 records delivers and exits.
 
-Run: python benchmarks/bench_logs.py   (needs opencensus-ext-azure and
+Run: python benchmarks/bench_logs.py [--quick]   (needs opencensus-ext-azure and
 azure-monitor-opentelemetry-exporter; talks only to 127.0.0.1: the ingestion server is
 tests/logs/ingestion_server.py, started as a separate process).
 """
@@ -20,19 +22,32 @@ import textwrap
 import time
 import urllib.request
 import uuid
-from pathlib import Path
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Iterator, TextIO
 
-ROOT = Path(__file__).resolve().parent.parent
+from _common import PY, ROOT, Ratio, child_env, interleaved, parse_quick, ratio
+
 SERVER = ROOT / "tests" / "logs" / "ingestion_server.py"
-PY = sys.executable
-ENV = {k: v for k, v in os.environ.items() if not k.startswith("AMLDBG_")}
-ENV["APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL"] = "true"
-ENV.pop("APPLICATIONINSIGHTS_CONNECTION_STRING", None)
-os.environ.update({"APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true"})
+ENV = child_env()
+os.environ["APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL"] = "true"
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-CALLS = 20_000
-ROUNDS = 5
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much each measurement does (``--quick`` shrinks all of it)."""
+
+    calls: int = 20_000
+    rounds: int = 7
+    paced_calls: int = 10_000
+    latency_calls: int = 20_000
+    bulk_records: int = 10_000
+    bulk_runs: tuple[tuple[str, str], ...] = (("opencensus", "3"), ("otel", "3"), ("otel", "6"))
+
+
+FULL = Sizes()
+QUICK = Sizes(calls=500, rounds=1, paced_calls=200, latency_calls=500, bulk_records=1_000,
+              bulk_runs=(("opencensus", "3"),))
 
 
 @contextlib.contextmanager
@@ -50,6 +65,7 @@ def ingestion_server(*args: str) -> Iterator[tuple[str, int]]:
 
 
 def refused() -> str:
+    """A connection string whose port nobody listens on."""
     import socket
 
     with socket.socket() as sock:
@@ -59,22 +75,24 @@ def refused() -> str:
 
 
 def envelopes_received(port: int) -> int:
+    """How many envelopes the ingestion server accepted so far."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=5) as answer:
         return int(json.load(answer)["envelopes"])
 
 
-def per_call(logger: logging.Logger, calls: int = CALLS) -> float:
-    """Median over rounds of the mean cost of one logger.info call, in microseconds."""
-    means = []
-    for _ in range(ROUNDS):
-        start = time.perf_counter()
-        for i in range(calls):
-            logger.info("step %d loss %.4f", i, 0.25)
-        means.append((time.perf_counter() - start) / calls * 1e6)
-    return statistics.median(means)
+def per_call(logger: logging.Logger, calls: int) -> float:
+    """Mean cost of one back-to-back logger.info call over ``calls`` calls, in microseconds.
+
+    Counted in CPU time of the whole process (all its threads) during the calls: with one
+    GIL that is the caller's time plus the export thread's share, i.e. the wall time on an
+    idle machine, but other processes on a shared machine do not count."""
+    start = time.process_time()
+    for i in range(calls):
+        logger.info("step %d loss %.4f", i, 0.25)
+    return (time.process_time() - start) / calls * 1e6
 
 
-def paced(logger: logging.Logger, calls: int = 10_000, rate: float = 2_000.0) -> tuple[float, float]:
+def paced(logger: logging.Logger, calls: int, rate: float = 2_000.0) -> tuple[float, float]:
     """Mean and p99 cost of single calls made at ``rate`` calls per second, in microseconds.
 
     A training script logs far below the saturated rate; pacing leaves the export thread
@@ -96,7 +114,7 @@ def paced(logger: logging.Logger, calls: int = 10_000, rate: float = 2_000.0) ->
     return statistics.fmean(samples), samples[int(len(samples) * 0.99)]
 
 
-def latencies(logger: logging.Logger, calls: int = CALLS) -> tuple[float, float, float]:
+def latencies(logger: logging.Logger, calls: int) -> tuple[float, float, float]:
     """p50, p99 and max latency of single logger.info calls, in microseconds."""
     samples = []
     clock = time.perf_counter_ns
@@ -108,69 +126,144 @@ def latencies(logger: logging.Logger, calls: int = CALLS) -> tuple[float, float,
     return samples[len(samples) // 2], samples[int(len(samples) * 0.99)], samples[-1]
 
 
-def call_cost() -> None:
+def stdlib_logger(name: str, stream: TextIO) -> logging.Logger:
+    """A plain stdlib logger with one StreamHandler on ``stream``."""
+    logger = logging.getLogger(name)
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter(FORMAT))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return logger
+
+
+class DropCounter(logging.Handler):
+    """Counts OpenCensus' "Queue is full. Dropping telemetry." warnings instead of printing
+    one line per dropped record to stderr."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dropped = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Count a drop."""
+        if "Dropping telemetry" in record.getMessage():
+            self.dropped += 1
+
+
+DROPS = DropCounter()
+
+
+def guide_logger(name: str, stream: TextIO, connection: str) -> tuple[logging.Logger, logging.Handler]:
+    """The set-up the Azure ML guides show: a StreamHandler for the driver log plus
+    ``logger.addHandler(AzureLogHandler(connection_string=...))``."""
+    from opencensus.ext.azure.log_exporter import AzureLogHandler
+
+    schedule = logging.getLogger("opencensus.common.schedule")
+    schedule.addHandler(DROPS)
+    schedule.propagate = False
+    logger = stdlib_logger(name, stream)
+    azure = AzureLogHandler(connection_string=connection)
+    logger.addHandler(azure)
+    return logger, azure
+
+
+def call_cost(sizes: Sizes = FULL) -> dict[str, Ratio]:
+    """Print the per-call figures; return the saturated cost ratios of amldbg with App
+    Insights (opencensus) against the guides' set-up and against a plain StreamHandler."""
     from amldbg.logs import driver_log, flush_logs, get_logger
 
     real_stdout = sys.stdout
-    # Both loggers write to the same stream: /dev/null, so the terminal's speed is not measured.
+    # Every logger writes to the same stream: /dev/null, so the terminal's speed is not measured.
     sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+    figures: dict[str, Ratio] = {}
     try:
-        baseline = logging.getLogger("bench.baseline")
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        baseline.addHandler(handler)
-        baseline.setLevel(logging.INFO)
-        baseline.propagate = False
+        baseline = stdlib_logger("bench.baseline", sys.stdout)
         stdout_only = get_logger("bench.stdout", appinsights=False)
-        rows = []
-        paced_rows = []
         with ingestion_server() as (connection, port):
-            loggers = {"stdlib StreamHandler (baseline)": baseline, "amldbg driver log only": stdout_only}
+            guide, azure = guide_logger("bench.guide", sys.stdout, connection)
+            loggers = {
+                "stdlib StreamHandler (baseline)": baseline,
+                "guides' StreamHandler + AzureLogHandler": guide,
+                "amldbg driver log only": stdout_only,
+            }
             for backend in ("opencensus", "otel"):
                 loggers[f"amldbg driver log + App Insights ({backend})"] = get_logger(
                     f"bench.{backend}", connection_string=connection, backend=backend)
             time.sleep(2.0)  # let the exporters load, as they do during a script's start-up
+
+            def settle() -> None:
+                # Not timed: the export threads catch up so that one logger's backlog does
+                # not take the GIL from the next one's measurement.
+                flush_logs(30)
+                azure.flush()
+
             paced_results = {}
             for name, logger in loggers.items():
-                paced_results[name] = paced(logger)
-                flush_logs(30)
-            results = {}
-            for name, logger in loggers.items():
-                results[name] = per_call(logger)
-                flush_logs(30)
+                paced_results[name] = paced(logger, sizes.paced_calls)
+                settle()
+
+            def measure(logger: logging.Logger) -> float:
+                cost = per_call(logger, sizes.calls)
+                settle()
+                return cost
+
+            results = interleaved(
+                {name: (lambda lg=logger: measure(lg)) for name, logger in loggers.items()},
+                sizes.rounds,
+            )
             sent = envelopes_received(port)
         base = results["stdlib StreamHandler (baseline)"]
-        for name, cost in results.items():
-            rows.append(f"  {name:<48} {cost:7.2f} us/call   {cost / base:5.2f}x")
+        guides = results["guides' StreamHandler + AzureLogHandler"]
+        ours = results["amldbg driver log + App Insights (opencensus)"]
+        figures["vs guide"] = ratio(list(zip(ours, guides)))
+        figures["vs stream"] = ratio(list(zip(ours, base)))
+        rows = []
+        for name, costs in results.items():
+            versus = ratio(list(zip(costs, base)))
+            rows.append(f"  {name:<48} {statistics.median(costs):7.2f} us/call   "
+                        f"{versus.median:5.2f}x ({versus.low:.2f}-{versus.high:.2f})")
         base_mean = paced_results["stdlib StreamHandler (baseline)"][0]
-        for name, (mean, p99) in paced_results.items():
-            paced_rows.append(f"  {name:<48} {mean:7.2f} us/call   {mean / base_mean:5.2f}x   p99 {p99:6.1f} us")
+        paced_rows = [
+            f"  {name:<48} {mean:7.2f} us/call   {mean / base_mean:5.2f}x   p99 {p99:6.1f} us"
+            for name, (mean, p99) in paced_results.items()
+        ]
         down = {}
-        for label, server_args in (("endpoint refusing", None), ("endpoint answering after 2 s", ("--delay", "2"))):
+        for label, server_args in (("endpoint refusing", None),
+                                   ("endpoint answering after 2 s", ("--delay", "2"))):
             if server_args is None:
                 logger = get_logger("bench.down", connection_string=refused())
                 time.sleep(1.0)
-                down[label] = latencies(logger)
+                down[label] = latencies(logger, sizes.latency_calls)
             else:
                 with ingestion_server(*server_args) as (connection, _):
                     logger = get_logger("bench.slow", connection_string=connection)
                     time.sleep(1.0)
-                    down[label] = latencies(logger)
-        base_lat = latencies(baseline)
+                    down[label] = latencies(logger, sizes.latency_calls)
+        base_lat = latencies(baseline, sizes.latency_calls)
     finally:
         sys.stdout.close()
         sys.stdout = real_stdout
-    print("Per-call cost at 2,000 calls/s (10,000 calls), same stream (/dev/null), healthy endpoint:")
+    print(f"Per-call cost at 2,000 calls/s ({sizes.paced_calls} calls), same stream "
+          f"(/dev/null), healthy endpoint:")
     print("\n".join(paced_rows))
-    print(f"Saturated: back-to-back calls, {CALLS} x {ROUNDS} rounds (median round); the export thread's")
-    print("envelope building shares the GIL with the caller, so this is a throughput figure:")
+    print(f"Saturated: back-to-back calls, {sizes.calls} per round, {sizes.rounds} interleaved "
+          f"rounds (median; range of per-round ratios to the baseline), process CPU time per")
+    print("call (the export thread's envelope building shares the GIL with the caller, so this")
+    print("is a throughput figure):")
     print("\n".join(rows))
-    print(f"  (envelopes the endpoint received meanwhile: {sent})")
+    print(f"  amldbg with App Insights (opencensus) vs the guides' AzureLogHandler set-up: "
+          f"{figures['vs guide'].text('x')} (goal <= 1.0x); vs a plain StreamHandler: "
+          f"{figures['vs stream'].text('x')} (goal <= 1.3x)")
+    print(f"  (envelopes the endpoint received meanwhile: {sent}; records the guides' "
+          f"AzureLogHandler dropped because its queue was full: {DROPS.dropped})")
     print("Single-call latency (opencensus backend), p50 / p99 / max:")
-    print(f"  {'stdlib StreamHandler (baseline)':<32} {base_lat[0]:6.1f} / {base_lat[1]:6.1f} / {base_lat[2]:8.1f} us")
+    print(f"  {'stdlib StreamHandler (baseline)':<32} {base_lat[0]:6.1f} / {base_lat[1]:6.1f} / "
+          f"{base_lat[2]:8.1f} us")
     for label, (p50, p99, worst) in down.items():
         print(f"  {label:<32} {p50:6.1f} / {p99:6.1f} / {worst:8.1f} us")
     print(f"  (rank prefix in use: {driver_log.rank_prefix()!r})")
+    return figures
 
 
 CHILD = textwrap.dedent("""
@@ -178,18 +271,22 @@ CHILD = textwrap.dedent("""
     from amldbg.logs import get_logger
     log = get_logger("bulk", backend=sys.argv[1])
     time.sleep(1.0)  # start-up work of a real script; the exporter loads meanwhile
-    for i in range(10_000):
+    for i in range(int(sys.argv[2])):
         log.info("record %d", i)
     print("LAST %.6f" % time.time(), flush=True)
 """)
 
 
-def exit_after_10k() -> None:
-    print("10,000 records, then exit (healthy endpoint):")
-    for backend, grace in (("opencensus", "3"), ("otel", "3"), ("otel", "6")):
+def exit_after_bulk(sizes: Sizes = FULL) -> None:
+    """Print how many of a burst of records arrive and how fast the process exits."""
+    count = sizes.bulk_records
+    print(f"{count:,} records, then exit (healthy endpoint):")
+    for backend, grace in sizes.bulk_runs:
         with ingestion_server() as (connection, port):
-            env = dict(ENV, APPLICATIONINSIGHTS_CONNECTION_STRING=connection, AMLDBG_LOG_GRACE_PERIOD=grace)
-            proc = subprocess.Popen([PY, "-c", CHILD, backend], stdout=subprocess.PIPE, text=True, env=env)
+            env = dict(ENV, APPLICATIONINSIGHTS_CONNECTION_STRING=connection,
+                       AMLDBG_LOG_GRACE_PERIOD=grace)
+            proc = subprocess.Popen([PY, "-c", CHILD, backend, str(count)],
+                                    stdout=subprocess.PIPE, text=True, env=env)
             last = None
             assert proc.stdout is not None
             warnings = []
@@ -203,14 +300,17 @@ def exit_after_10k() -> None:
             time.sleep(0.3)
             received = envelopes_received(port)
         took = exited - last if last else float("nan")
-        print(f"  {backend:<10} grace {grace} s: delivered {received:5d}/10000, exit {took:5.2f} s after the last record"
+        print(f"  {backend:<10} grace {grace} s: delivered {received:5d}/{count}, exit "
+              f"{took:5.2f} s after the last record"
               f"{'  ' + '; '.join(warnings) if warnings else ''}")
 
 
-def main() -> None:
-    call_cost()
-    exit_after_10k()
+def main(argv: list[str] | None = None) -> None:
+    """Print every figure of this benchmark."""
+    sizes = QUICK if parse_quick(__doc__ or "", argv) else FULL
+    call_cost(sizes)
+    exit_after_bulk(sizes)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -1,0 +1,215 @@
+"""amldbg.debugger.idle against the real debugpy: after a wait nobody answered every thread runs
+untraced (the ones that existed and the ones started later, through ``threading``, ``_thread``
+or from C), and a real DAP client attaching late still stops at breakpoints in all of them."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from dap_client import DAPClient
+from processes import Running, child_env, reap_debug_adapters
+
+pytestmark = pytest.mark.skipif(
+    sys.version_info >= (3, 12), reason="Python >= 3.12: pydevd uses sys.monitoring, no trace"
+)
+
+SCRIPT = textwrap.dedent("""
+    import _thread, ctypes, sys, threading, time
+    import amldbg
+
+    stop_early = threading.Event()
+
+    def early():  # a thread that exists while the debugger waits (traced by pydevd then)
+        while not stop_early.is_set():
+            time.sleep(0.01)
+        print("early thread traced after the wait:", sys.gettrace() is not None, flush=True)
+
+    early_thread = threading.Thread(target=early, name="early")
+    early_thread.start()
+    session = amldbg.enable_remote_debug(timeout=0.5)
+    time.sleep(0.3)
+    stop_early.set()
+    early_thread.join()
+    print("main thread traced after the wait:", sys.gettrace() is not None, flush=True)
+
+    deadline = time.monotonic() + 90
+    reported = threading.Semaphore(0)
+
+    def pool_worker():  # a thread started after the wait through threading
+        print("threading thread traced:", sys.gettrace() is not None, flush=True)
+        reported.release()
+        count = 0
+        while time.monotonic() < deadline:
+            count += 1
+            pool_marker = count  # breakpoint: threading
+            time.sleep(0.01)
+
+    def raw_worker():  # a thread started after the wait through _thread
+        print("_thread thread traced:", sys.gettrace() is not None, flush=True)
+        reported.release()
+        count = 0
+        while time.monotonic() < deadline:
+            count += 1
+            raw_marker = count  # breakpoint: _thread
+            time.sleep(0.01)
+
+    def c_worker(_):  # a thread started from C (pthread_create), calling into Python
+        print("C thread traced:", sys.gettrace() is not None, flush=True)
+        reported.release()
+        count = 0
+        while time.monotonic() < deadline:
+            count += 1
+            c_marker = count  # breakpoint: C
+            time.sleep(0.01)
+        return None
+
+    # One after the other, so that their lines do not interleave.
+    threading.Thread(target=pool_worker, name="pool", daemon=True).start()
+    reported.acquire()
+    _thread.start_new_thread(raw_worker, ())
+    reported.acquire()
+    libc = ctypes.CDLL(None)
+    libc.pthread_create.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                                    ctypes.c_void_p]
+    start_routine = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p)(c_worker)
+    c_thread = ctypes.c_ulong()
+    assert libc.pthread_create(ctypes.byref(c_thread), None, start_routine, None) == 0
+    reported.acquire()
+    print("threads started", flush=True)
+    count = 0
+    while time.monotonic() < deadline:
+        count += 1
+        main_marker = count  # breakpoint: main
+        time.sleep(0.01)
+""")
+
+
+def line_of(script: Path, marker: str) -> int:
+    return next(n for n, text in enumerate(script.read_text().splitlines(), 1) if marker in text)
+
+
+def start(tmp_path: Path, *extra: str) -> tuple[Path, Running]:
+    script = tmp_path / "idle.py"
+    script.write_text(SCRIPT)
+    env = child_env(AMLDBG_REMOTE_DEBUG="1", AMLDBG_REMOTE_DEBUG_PORT="0",
+                    AMLDBG_REMOTE_DEBUG_LISTEN_HOST="127.0.0.1")
+    for pair in extra:
+        name, value = pair.split("=", 1)
+        env[name] = value
+    return script, Running([str(script)], env=env)
+
+
+def test_every_thread_runs_untraced_after_an_unanswered_wait(tmp_path: Path) -> None:
+    script, running = start(tmp_path)
+    with running as run:
+        port = int(run.wait_for_line(r"^port: (\d+)$").group(1))
+        try:
+            run.wait_for_line(r"^Debugger attached = False$")
+            assert run.wait_for_line(r"^early thread traced after the wait: (\w+)$").group(1) == "False"
+            assert run.wait_for_line(r"^main thread traced after the wait: (\w+)$").group(1) == "False"
+            assert run.wait_for_line(r"^threading thread traced: (\w+)$").group(1) == "False"
+            assert run.wait_for_line(r"^_thread thread traced: (\w+)$").group(1) == "False"
+            assert run.wait_for_line(r"^C thread traced: (\w+)$").group(1) == "False"
+        finally:
+            run.proc.kill()
+            run.proc.wait(30)
+            reap_debug_adapters([port])
+    assert "amldbg: warning" not in run.output
+
+
+def test_a_late_client_stops_in_threads_started_after_the_wait(tmp_path: Path) -> None:
+    script, running = start(tmp_path)
+    lines = {name: line_of(script, f"# breakpoint: {name}") for name in ("threading", "_thread", "C", "main")}
+    with running as run:
+        port = int(run.wait_for_line(r"^port: (\d+)$").group(1))
+        try:
+            run.wait_for_line(r"^threads started$")
+            assert run.wait_for_line(r"^threading thread traced: (\w+)$").group(1) == "False"
+            assert run.wait_for_line(r"^_thread thread traced: (\w+)$").group(1) == "False"
+            client = DAPClient.connect("127.0.0.1", port)
+            try:
+                client.attach(breakpoints={str(script): sorted(lines.values())})
+                # A line that stopped a thread loses its breakpoint, so the others get their
+                # turn; stops elsewhere (a thread caught mid-suspension) are resumed. Bounded:
+                # a missed breakpoint fails the test, never hangs it.
+                hit: dict[int, int] = {}
+                for _ in range(60):
+                    stop = client.wait_for_stop(timeout=30)
+                    frame = client.top_frame(stop["threadId"])
+                    if frame["line"] in lines.values() and frame["line"] not in hit:
+                        assert stop["reason"] == "breakpoint"
+                        assert int(client.locals_of(frame["id"])["count"]) >= 1
+                        hit[frame["line"]] = stop["threadId"]
+                        client.request("setBreakpoints", {
+                            "source": {"path": str(script)},
+                            "breakpoints": [{"line": n} for n in lines.values() if n not in hit],
+                        })
+                    if len(hit) == len(lines):
+                        break
+                    client.continue_(stop["threadId"])
+                assert set(hit) == set(lines.values()), (hit, lines)
+                # Four different threads stopped: main, and the threading, _thread and C ones.
+                assert len(set(hit.values())) == 4
+            finally:
+                client.disconnect()
+        finally:
+            run.proc.kill()
+            run.proc.wait(30)
+            reap_debug_adapters([port])
+    assert "amldbg: warning" not in run.output
+
+
+def test_keep_tracing_leaves_new_threads_traced(tmp_path: Path) -> None:
+    _, running = start(tmp_path, "AMLDBG_REMOTE_DEBUG_KEEP_TRACING=1")
+    with running as run:
+        port = int(run.wait_for_line(r"^port: (\d+)$").group(1))
+        try:
+            assert run.wait_for_line(r"^threading thread traced: (\w+)$").group(1) == "True"
+            assert run.wait_for_line(r"^_thread thread traced: (\w+)$").group(1) == "True"
+        finally:
+            run.proc.kill()
+            run.proc.wait(30)
+            reap_debug_adapters([port])
+
+
+def test_a_failure_falls_back_to_the_waiting_thread_alone_with_one_warning(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "broken.py"
+    script.write_text(textwrap.dedent("""
+        import sys, threading
+        import debugpy._vendored.force_pydevd  # pydevd importable before debugpy starts it
+        from _pydev_bundle import pydev_monkey
+        import amldbg
+
+        def broken():
+            raise RuntimeError("simulated pydevd change")
+
+        pydev_monkey.disable_trace_thread_modules = broken
+        amldbg.enable_remote_debug(timeout=0.5)
+        print("main thread traced after the wait:", sys.gettrace() is not None, flush=True)
+        seen = []
+        worker = threading.Thread(target=lambda: seen.append(sys.gettrace() is not None))
+        worker.start(); worker.join()
+        print("new thread traced:", seen[0], flush=True)
+    """))
+    env = child_env(AMLDBG_REMOTE_DEBUG="1", AMLDBG_REMOTE_DEBUG_PORT="0",
+                    AMLDBG_REMOTE_DEBUG_LISTEN_HOST="127.0.0.1")
+    with Running([str(script)], env=env) as run:
+        port = int(run.wait_for_line(r"^port: (\d+)$").group(1))
+        try:
+            assert run.wait(60) == 0
+        finally:
+            reap_debug_adapters([port])
+    warnings = [line for line in run.lines if line.startswith("amldbg: warning")]
+    assert warnings == [
+        "amldbg: warning: could not switch off the idle debugger's tracing on other threads "
+        "(simulated pydevd change); only this thread runs at full speed"
+    ]
+    assert "main thread traced after the wait: False" in run.lines
+    # Today's behaviour, put back as it was: pydevd traces threads started later.
+    assert "new thread traced: True" in run.lines

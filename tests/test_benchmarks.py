@@ -1,0 +1,66 @@
+"""The benchmarks cannot rot: each one runs in ``--quick`` mode as a real subprocess (real
+debugpy, real ingestion server, real inference server, all on 127.0.0.1), exits 0 and prints
+its figures. Nothing here looks at how fast anything was."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from processes import ROOT, child_env
+
+BENCHMARKS = ROOT / "benchmarks"
+
+# For each benchmark, lines it must print (a figure is a number followed by its goal).
+EXPECTED = {
+    "bench_debug.py": [
+        r"^import amldbg: -?[\d.]+ ms over a bare interpreter",
+        r"^enable_remote_debug\(args\) with the flag off: [\d.]+ us per call",
+        r"main thread [\d.]+ \(.*\), thread started after the wait [\d.]+ .*\(goal >= 0\.95\)",
+    ],
+    "bench_scoring.py": [
+        r"^run\(\) undecorated: \d+ ns/call; @debug_run: \d+ ns/call; extra -?\d+ ns",
+        r"^  requests/s one worker can serve .*; ratio [\d.]+ \(.* over 2 rounds\)",
+        r"^  requests/s the client saw .*; ratio [\d.]+ \(.* over 2 rounds\)",
+    ],
+    "bench_logs.py": [
+        r"vs the guides' AzureLogHandler set-up: [\d.]+x .*\(goal <= 1\.0x\); "
+        r"vs a plain StreamHandler: [\d.]+x .*\(goal <= 1\.3x\)",
+        r"opencensus\s+grace 3 s: delivered\s+\d+/1000",
+    ],
+    "run_all.py": [
+        r"^== amldbg performance figures \(--quick",
+        r"^pure-Python speed, main thread, after a wait that timed out.*[\d.]+ \(.*>= 0\.95",
+        r"^the same on a thread started after that wait\s+[\d.]+ \(.*>= 0\.95",
+        r"^saturated logging, App Insights on \(opencensus\).*[\d.]+x \(.*<= 1\.0x",
+        r"^the same vs a plain stdlib StreamHandler.*[\d.]+x \(.*<= 1\.3x",
+        r"^@debug_run per call, debugging off.*[+-][\d.]+ us\s+<= 1 us",
+        r"^inference server requests/s with the decorators vs without\s+[\d.]+ \(.*>= 0\.98",
+    ],
+}
+
+
+# Every benchmark on disk runs; the ones above must also print those figures, any other must
+# at least print a number.
+ALL = sorted(p.name for p in BENCHMARKS.glob("*.py") if not p.name.startswith("_"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ALL)
+def test_benchmark_runs_quick_and_prints_its_figures(name: str) -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / name), "--quick"],
+        capture_output=True, text=True, env=child_env(), cwd=ROOT, timeout=280,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    for pattern in EXPECTED.get(name, [r"\d"]):
+        assert re.search(pattern, done.stdout, re.M), (pattern, done.stdout)
+    assert "Traceback" not in done.stderr, done.stderr
+
+
+def test_the_table_benchmarks_exist() -> None:
+    assert set(EXPECTED) <= set(ALL)
