@@ -366,7 +366,13 @@ def check_connection_string(env: Mapping[str, str]) -> Check:
         return Check("app insights", False, f"{problem}; {shown}" + (f"; {missing}" if missing else ""))
     if missing is not None:
         return Check("app insights", False, f"{shown} is well formed, but {missing}")
-    return Check("app insights", True, f"{shown} ({backend} exporter)")
+    aad = ""
+    if getattr(parsed, "aad", False):
+        aad = (
+            "; Entra ID (AAD) asked: amldbg sends with the instrumentation key only (no "
+            "credential), which a resource with local authentication disabled refuses"
+        )
+    return Check("app insights", True, f"{shown} ({backend} exporter){aad}")
 
 
 _LOG_VARIABLES: tuple[tuple[str, Callable[[Any], Any], Any], ...] = (

@@ -66,7 +66,9 @@ _RULES: tuple[tuple[re.Pattern[str], str], ...] = (
         re.compile(
             r"(\b(?:AccountKey|SharedAccessKey|SharedAccessKeyValue|InstrumentationKey|"
             r"Authorization|Password|Pwd|AccessKey|ApiKey|api_key|access_token|id_token|"
-            r"refresh_token|client_secret|token|sig|secret)\s*=\s*)[^;&\s\"'\\<>]+",
+            r"refresh_token|client_secret|token|sig|secret)\s*=\s*)"
+            # Authorization=ikey / Authorization=AAD name a mechanism, not a credential.
+            r"(?!(?:ikey|aad)(?:[;&\s\"'\\<>]|$))[^;&\s\"'\\<>]+",
             re.IGNORECASE,
         ),
         r"\1" + MASK,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 
-from amldbg.core import environment
+from amldbg.core import announce, environment
 from amldbg.logs import envelopes, export
 from amldbg.logs.connection import ConnectionString
 from amldbg.logs.settings import LogSettings
@@ -39,6 +39,17 @@ EXCLUDED_LOGGERS = (
     "msal",
     "amldbg.logs",
 )
+
+#: Said once per process when the connection string asks for Microsoft Entra ID (AAD).
+AAD_WARNING = (
+    "Application Insights: the connection string asks for Microsoft Entra ID (AAD) "
+    "authentication, but amldbg looks up "
+    "no credential and sends with the instrumentation key only; a resource "
+    "with local authentication disabled refuses that (HTTP 401) and the records are not "
+    "delivered. The exporters authenticate with Entra ID only when given a credential object "
+    "(azure-identity), which amldbg does not create"
+)
+
 
 def create_sink(backend: str, connection: ConnectionString, settings: LogSettings) -> export.Sink:
     """Build the sink for ``backend`` (called on the export thread: imports are heavy)."""
@@ -102,6 +113,8 @@ class AppInsightsHandler(logging.Handler):
         self.backend = backend or settings.backend
         self.sends_here = settings.all_ranks or environment.topology().rank == 0
         self._channel: export.Channel | None = None
+        if connection.aad and self.sends_here:
+            announce.warn_once("appinsights:aad", AAD_WARNING)
         if self.sends_here:
             # Start loading the exporter now, on the export thread: the OpenTelemetry SDK
             # cannot be imported once the interpreter has begun to shut down, so a script
@@ -132,7 +145,7 @@ class AppInsightsHandler(logging.Handler):
             channel = self._channel
             if channel is None or channel.generation != export.current_generation():
                 channel = self._bind()  # first record, or first record after a fork
-            if record.thread == channel.exporter.thread_ident:
+            if export.is_export_thread(record.thread):
                 return  # made by the exporters while sending: would loop
             try:
                 message = record.message  # set when the driver-log handler formatted it

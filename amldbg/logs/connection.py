@@ -3,6 +3,14 @@
 Both exporters fail on details that are easy to get wrong by hand (an upper-case
 instrumentation key, a trailing ``;``), and their own error messages may echo the key.
 Only :meth:`ConnectionString.masked` output is ever printed.
+
+``Authorization=AAD`` (Microsoft Entra ID) is accepted and remembered, but left out of the
+string handed to the exporters: both exporters' parsers (opencensus-ext-azure 1.1.x and
+azure-monitor-opentelemetry-exporter up to 1.0.0b58) raise "Invalid authorization
+mechanism" for anything but ``ikey`` there. Either exporter authenticates with Entra ID
+only when it is given a credential object (``credential=``); amldbg creates none, so
+records go with the instrumentation key, which a resource with local authentication
+disabled refuses (401); :mod:`amldbg.logs.appinsights` says so once.
 """
 
 from __future__ import annotations
@@ -33,10 +41,18 @@ class ConnectionString:
     instrumentation_key: str
     ingestion_endpoint: str
     value: str
+    #: ``"ikey"`` (the default) or ``"aad"`` when the string says ``Authorization=AAD``.
+    authorization: str = "ikey"
+
+    @property
+    def aad(self) -> bool:
+        """True when the connection string asks for Microsoft Entra ID (AAD) authentication."""
+        return self.authorization == "aad"
 
     def masked(self) -> str:
         """The connection string with the instrumentation key hidden."""
-        return f"InstrumentationKey={mask(self.instrumentation_key)};IngestionEndpoint={self.ingestion_endpoint}"
+        shown = f"InstrumentationKey={mask(self.instrumentation_key)};IngestionEndpoint={self.ingestion_endpoint}"
+        return shown + (";Authorization=AAD" if self.aad else "")
 
     def __repr__(self) -> str:  # dataclass repr would print the key
         return f"ConnectionString({self.masked()!r})"
@@ -51,7 +67,8 @@ def parse_connection_string(text: str) -> ConnectionString:
     """Check and normalise an Application Insights connection string.
 
     Accepts ``InstrumentationKey=<guid>;IngestionEndpoint=<url>[;...]`` in any key case,
-    with surrounding blanks or a trailing ``;``. Raises :class:`ConnectionStringError`
+    with surrounding blanks or a trailing ``;``, and ``Authorization=ikey`` or
+    ``Authorization=AAD`` (remembered in ``authorization``, left out of ``value``). Raises :class:`ConnectionStringError`
     (whose message does not contain the key) when it cannot be used.
     """
     fields: dict[str, str] = {}
@@ -68,9 +85,10 @@ def parse_connection_string(text: str) -> ConnectionString:
         raise ConnectionStringError("no InstrumentationKey")
     if not _GUID.match(ikey):
         raise ConnectionStringError("InstrumentationKey is not a GUID")
-    auth = fields.get("authorization")
-    if auth is not None and auth.lower() != "ikey":
-        raise ConnectionStringError(f"Authorization={auth} is not supported by amldbg")
+    authorization = fields.get("authorization", "ikey").lower()
+    if authorization not in ("ikey", "aad"):
+        # Not echoed: an unknown value may be a pasted secret.
+        raise ConnectionStringError("Authorization must be ikey or AAD")
     endpoint = fields.get("ingestionendpoint", "")
     if not endpoint:
         suffix = fields.get("endpointsuffix")
@@ -84,4 +102,6 @@ def parse_connection_string(text: str) -> ConnectionString:
     endpoint = endpoint.rstrip("/")
     # No trailing '/': OpenCensus appends "/v2.1/track" as is (a '//' path).
     value = f"InstrumentationKey={ikey};IngestionEndpoint={endpoint}"
-    return ConnectionString(instrumentation_key=ikey, ingestion_endpoint=endpoint, value=value)
+    # No Authorization segment in `value`: both exporters reject anything but ikey there.
+    return ConnectionString(instrumentation_key=ikey, ingestion_endpoint=endpoint, value=value,
+                            authorization=authorization)

@@ -155,8 +155,11 @@ def exporter_environment() -> Iterator[None]:
         os.environ[CONNECTION_STRING_ENV] = original
 
 
-#: Envelopes built between two pauses of the export thread (see :func:`build_envelopes`).
-YIELD_EVERY = 32
+#: Envelopes built between two pauses of the export thread (see :func:`build_envelopes`):
+#: a millisecond or two of work with either sink (the opencensus sink builds a message
+#: envelope in a few microseconds), well under the interpreter's 5 ms switch interval. Each
+#: pause is a system call that, on a busy machine, can cost the export thread milliseconds.
+YIELD_EVERY = 128
 
 
 def build_envelopes(batch: list[Any], convert: Callable[[Any], Any]) -> list[Any]:

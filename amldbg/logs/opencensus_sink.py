@@ -11,16 +11,34 @@ thread, never attached to a logger. Its own traps are worked around here:
   "drop" (it reads an undefined response); telling it stats collection is on makes it
   return "retry" as intended. Statsbeat itself is not started (that happens only in the
   constructor, with statsbeat disabled) and its request counters stay in memory;
-* every request's timeout is the time left when the export thread is at the exit deadline.
+* every request's timeout is the time left when the export thread is at the exit deadline;
+* message envelopes are built directly as plain dicts (:meth:`OpenCensusSink._build`), about
+  four times cheaper on the export thread than the handler's ``LogRecord`` → formatter →
+  protocol objects, and checked against the handler's own envelope on every batch.
+
+OpenCensus was retired in 2024 and its last release is 1.1.15, so the ``appinsights`` extra
+allows ``>=1.1.9,<1.2`` and tests/logs/test_logs_exporter_versions.py runs both ends. The
+private members used here are checked when the sink is built: without ``_transmit`` (the
+only way to learn "retry" from "drop") the backend is off with one warning that names the
+``otel`` backend; the others only make things faster or quieter and are skipped if absent.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
 from amldbg.logs import envelopes, export
 from amldbg.logs.connection import ConnectionString
+
+#: Where a queued record keeps its ``exc_info`` (see :class:`~amldbg.logs.envelopes.Snapshot`).
+_EXC_INFO = envelopes.Snapshot._fields.index("exc_info")
+
+
+def _as_json(envelope: Any) -> Any:
+    """An envelope as the service receives it (the transport's own ``json.dumps``)."""
+    return json.loads(json.dumps(envelope, default=str))
 
 
 class OpenCensusSink(export.Sink):
@@ -38,10 +56,29 @@ class OpenCensusSink(export.Sink):
             enable_local_storage=False,
             grace_period=0.5,
         )
-        self.handler._worker.stop(timeout=2.0)
-        self.handler._check_stats_collection = lambda: True  # type: ignore[method-assign,unused-ignore]
+        worker = getattr(self.handler, "_worker", None)
+        if worker is not None and hasattr(worker, "stop"):
+            worker.stop(timeout=2.0)
+        transmit = getattr(self.handler, "_transmit", None)
+        if not callable(transmit) or not hasattr(self.handler, "log_record_to_envelope"):
+            self.handler.close(timeout=0.5)
+            raise RuntimeError(
+                "this opencensus-ext-azure release lacks what amldbg drives (1.1.9 to 1.1.15 work); "
+                "use AMLDBG_APPINSIGHTS_BACKEND=otel"
+            )
+        self._transmit: Any = transmit
+        if hasattr(self.handler, "_check_stats_collection"):
+            self.handler._check_stats_collection = lambda: True  # type: ignore[method-assign,unused-ignore]
         self.handler.setFormatter(logging.Formatter("%(message)s"))
         self._cache = envelopes.CachedEnvelopes()
+        self._ikey = self.handler.options.instrumentation_key
+        try:
+            from opencensus.ext.azure.common.utils import timestamp_to_iso_str
+
+            self._iso: Any = timestamp_to_iso_str
+            self._fast_ok = True
+        except ImportError:  # only the handler's own envelopes then
+            self._fast_ok = False
 
     def _record(self, item: Any) -> logging.LogRecord:
         snap = envelopes.Snapshot._make(item)
@@ -55,9 +92,60 @@ class OpenCensusSink(export.Sink):
         record.custom_dimensions = envelopes.dimensions_for(snap)
         return record
 
+    def _official(self, item: Any) -> Any:
+        return self.handler.log_record_to_envelope(self._record(item))
+
+    def _fast(self, item: Any, tags: dict[str, str]) -> dict[str, Any]:
+        """The envelope ``log_record_to_envelope`` makes for a record without an exception,
+        as plain dicts, without the LogRecord, the formatter and the protocol objects."""
+        snap = envelopes.Snapshot._make(item)
+        properties: dict[str, Any] = {"process": snap.process_name, "module": snap.module,
+                                      "fileName": snap.pathname, "lineNumber": snap.lineno,
+                                      "level": snap.levelname}
+        properties.update(envelopes.dimensions_for(snap))
+        return {
+            "iKey": self._ikey, "tags": tags, "time": self._iso(snap.created),
+            "name": "Microsoft.ApplicationInsights.Message",
+            "data": {"baseData": {"message": snap.message,
+                                  "severityLevel": max(0, snap.levelno - 1) // 10,
+                                  "properties": properties, "ver": 2},
+                     "baseType": "MessageData"},
+        }
+
     def _build(self, batch: list[Any]) -> list[Any]:
+        """The batch's envelopes: the handler's own for the first record of each batch and
+        for exceptions, the same envelope built directly for the other records.
+
+        The handler's envelope for a message costs about three times the direct one, on
+        the export thread that shares the GIL with the callers. The direct one is checked
+        against the handler's on every batch (first record, same JSON); on any difference
+        it is never used again in this process (fail-over to the handler's path)."""
         handler = self.handler
-        built = envelopes.build_envelopes(batch, lambda item: handler.log_record_to_envelope(self._record(item)))
+        if not batch:
+            return []
+        fast_ok = self._fast_ok
+        first = self._official(batch[0])
+        built = [first]
+        tags = first.get("tags") if isinstance(first, dict) else None
+        if fast_ok and isinstance(tags, dict):
+            head = envelopes.Snapshot._make(batch[0])
+            if head.exc_info is None or head.exc_info[0] is None:
+                try:
+                    same = _as_json(self._fast(batch[0], tags)) == _as_json(first)
+                except Exception:
+                    same = False
+                if not same:
+                    self._fast_ok = fast_ok = False
+        else:
+            fast_ok = False
+
+        def convert(item: Any) -> Any:
+            exc_info = item[_EXC_INFO]
+            if fast_ok and (exc_info is None or exc_info[0] is None):
+                return self._fast(item, tags)  # type: ignore[arg-type]
+            return self._official(item)
+
+        built.extend(envelopes.build_envelopes(batch[1:], convert))
         return list(handler.apply_telemetry_processors(built))
 
     def send(self, batch: list[Any], timeout: float) -> str:
@@ -65,7 +153,7 @@ class OpenCensusSink(export.Sink):
         handler = self.handler
         built = self._cache.get(batch, self._build)
         handler.options.timeout = timeout
-        status = handler._transmit(built)
+        status = self._transmit(built)
         if status == self._codes.SUCCESS:
             return export.OK
         self.last_error = envelopes.last_transport_message(self.connection.instrumentation_key)

@@ -1,9 +1,15 @@
 """Application Insights through the Azure Monitor OpenTelemetry log exporter (``otel`` extra).
 
-The exporter is driven directly (no ``LoggerProvider``): amldbg's export thread turns each
-queued record into an OpenTelemetry log record and calls the exporter's envelope builder
-and transport, so the retry decision (``FAILED_RETRYABLE``) stays visible. Differences
-from the OpenCensus backend that are evened out here:
+The exporter is driven directly (no ``LoggerProvider``) through its public seams only:
+amldbg's export thread turns each queued record into an OpenTelemetry log record and calls
+``AzureMonitorLogExporter.export``; the HTTP requests go through an azure-core transport
+given to the exporter with the standard ``transport=`` keyword (:class:`_Transport`), which
+bounds every request by the time amldbg allows and tells whether a failure is worth a
+retry (``export`` itself only says success or failure). Nothing of the exporter's private
+API is touched: its generated client changed shape across releases (1.0.0b40 and older
+read ``self.track.metadata``, so replacing ``client.track`` dropped every record).
+
+Differences from the OpenCensus backend that are evened out here:
 
 * ``custom_dimensions`` is not unpacked by this exporter (it would arrive as one string
   property): the merged dimensions become the record's attributes one by one;
@@ -13,6 +19,10 @@ from the OpenCensus backend that are evened out here:
   offline storage is off, the client-side rate limit is off, no AAD credential is looked
   up (it could call the metadata endpoint), and every request's timeouts are the time
   left at exit.
+
+The SDK's log record classes live in ``opentelemetry.sdk._logs``, the only place the SDK
+offers them (the exporter's own ``export`` is typed with them); both their shapes (before
+and after SDK 1.39) are handled.
 """
 
 from __future__ import annotations
@@ -22,10 +32,15 @@ import os
 import sys
 import time
 import traceback
-from typing import Any
+from typing import Any, Callable
 
+from amldbg.core import announce
 from amldbg.logs import envelopes, export
 from amldbg.logs.connection import ConnectionString
+
+#: HTTP statuses the exporter itself retries (throttling, server errors, and 401/403, which
+#: a token refresh can heal); anything else that failed is not retried by amldbg either.
+RETRYABLE_STATUSES = frozenset({401, 403, 408, 429, 439, 500, 502, 503, 504})
 
 
 def _severity(levelno: int) -> int:
@@ -41,24 +56,71 @@ def _severity(levelno: int) -> int:
     return 5
 
 
+class Outcome:
+    """What the transport saw of the last request: a status code or an error, and the timeout."""
+
+    def __init__(self) -> None:
+        self.timeout = 10.0
+        self.status: int | None = None
+        self.error: BaseException | None = None
+        self.requests = 0
+
+    def reset(self, timeout: float) -> None:
+        """Forget the last request; the next ones get ``timeout`` seconds each."""
+        self.timeout = timeout
+        self.status = None
+        self.error = None
+        self.requests = 0
+
+
+def _transport_class() -> Callable[..., Any]:
+    """An azure-core ``RequestsTransport`` that applies amldbg's timeout and notes the outcome.
+
+    ``transport=`` is the keyword every azure-core client accepts and ``send`` is the
+    transport interface azure-core documents for custom transports, so this works across
+    exporter releases whatever their generated client looks like.
+    """
+    from azure.core.pipeline.transport import RequestsTransport
+
+    class _Transport(RequestsTransport):  # type: ignore[misc,unused-ignore]
+        def __init__(self, outcome: Outcome, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.outcome = outcome
+
+        def send(self, request: Any, **kwargs: Any) -> Any:
+            outcome = self.outcome
+            # The time amldbg allows, whatever the exporter or its pipeline asked for.
+            kwargs["connection_timeout"] = outcome.timeout
+            kwargs["read_timeout"] = outcome.timeout
+            outcome.requests += 1
+            try:
+                response = super().send(request, **kwargs)
+            except BaseException as error:
+                outcome.status, outcome.error = None, error
+                raise
+            outcome.status, outcome.error = int(response.status_code), None
+            return response
+
+    return _Transport
+
+
 class OtelSink(export.Sink):
     """Sends queued records with ``AzureMonitorLogExporter``."""
 
     def __init__(self, connection: ConnectionString) -> None:
         envelopes.quiet_exporters()
         from azure.monitor.opentelemetry.exporter import AzureMonitorLogExporter
-        from azure.monitor.opentelemetry.exporter.export._base import ExportResult
         from opentelemetry._logs import SeverityNumber
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
         self.connection = connection
-        self._ok = ExportResult.SUCCESS
-        self._retry = ExportResult.FAILED_RETRYABLE
         self._severity_number = SeverityNumber
         self._scope = InstrumentationScope
-        self._timeout = 10.0
         self._cache = envelopes.CachedEnvelopes()
+        self.outcome = Outcome()
+        self._bypass_reported = False
+        transport = _transport_class()(self.outcome, connection_timeout=10.0, read_timeout=10.0)
         self.exporter = AzureMonitorLogExporter(
             connection_string=connection.value,
             credential=None,
@@ -66,16 +128,8 @@ class OtelSink(export.Sink):
             retry_total=0,
             max_envelopes_per_second=0,
             timeout=10.0,
+            transport=transport,
         )
-        client = self.exporter.client
-        track = client.track
-
-        def track_with_timeout(body: Any, **kwargs: Any) -> Any:
-            kwargs.setdefault("connection_timeout", self._timeout)
-            kwargs.setdefault("read_timeout", self._timeout)
-            return track(body, **kwargs)
-
-        client.track = track_with_timeout  # type: ignore[method-assign]
         # The same cloud role OpenCensus reports (the script's file name), for parity.
         role = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
         # Resource(...) rather than Resource.create(...): the latter runs the resource
@@ -87,7 +141,8 @@ class OtelSink(export.Sink):
             from opentelemetry.sdk._logs import ReadableLogRecord
 
             def wrap(log_record: Any, scope: Any) -> Any:
-                return ReadableLogRecord(log_record=log_record, resource=self.resource, instrumentation_scope=scope)
+                return ReadableLogRecord(log_record=log_record, resource=self.resource,
+                                         instrumentation_scope=scope)
         except ImportError:  # opentelemetry-sdk before 1.39: the SDK's LogRecord in a LogData
             from opentelemetry.sdk import _logs as sdk_logs
 
@@ -103,38 +158,58 @@ class OtelSink(export.Sink):
 
     def _readable(self, item: Any) -> Any:
         original = envelopes.Snapshot._make(item)
-        message = original.message
         attributes: dict[str, Any] = dict(envelopes.dimensions_for(original))
         if original.exc_info and original.exc_info[0] is not None:
             exc_type, exc_value, exc_tb = original.exc_info
             attributes["exception.type"] = exc_type.__name__
-            attributes["exception.message"] = str(exc_value)
+            # The log message, as OpenCensus sends it and as exporters from 1.0.0b22 on take
+            # it (the body wins there); older ones would show only the exception's text,
+            # which the stack trace's last line carries anyway.
+            attributes["exception.message"] = original.message or str(exc_value)
             attributes["exception.stacktrace"] = "".join(traceback.format_exception(exc_type, exc_value, exc_tb))
-        stamp = int(original.created * 1e9)
         log_record = self._log_record(
-            timestamp=stamp,
+            timestamp=int(original.created * 1e9),
             observed_timestamp=time.time_ns(),
             severity_text=original.levelname,
             severity_number=self._severity_number(_severity(original.levelno)),
-            body=message,
+            body=original.message,
             attributes=attributes,
         )
         return self._wrap(log_record, self._scope(original.name))
 
     def send(self, batch: list[Any], timeout: float) -> str:
-        """Build the envelopes with the exporter and post them; map its result to ours."""
-        exporter = self.exporter
-        built = self._cache.get(
-            batch, lambda items: envelopes.build_envelopes(items, lambda item: exporter._log_to_envelope(self._readable(item)))
-        )
-        self._timeout = timeout
-        result = exporter._transmit(built)
-        if result == self._ok:
+        """Export the batch with the exporter's public ``export``; map the outcome to ours."""
+        records = self._cache.get(batch, lambda items: envelopes.build_envelopes(items, self._readable))
+        outcome = self.outcome
+        outcome.reset(timeout)
+        result = self.exporter.export(records)
+        if getattr(result, "name", "") == "SUCCESS":
+            if outcome.requests == 0 and records and not self._bypass_reported:
+                # Delivered without passing through `transport=` (an exporter release that
+                # ignores it): records still go, with the exporter's own request timeouts
+                # (the exit stays bounded: the export thread is a daemon).
+                self._bypass_reported = True
+                announce.warn_once("otel:transport", "Application Insights (otel): this exporter "
+                                   "release does not use amldbg's transport; request timeouts are its own")
             return export.OK
-        self.last_error = envelopes.last_transport_message(self.connection.instrumentation_key)
-        if result == self._retry:
+        self.last_error = self._describe(outcome)
+        if outcome.error is not None or outcome.status in RETRYABLE_STATUSES:
             return export.RETRY
         return export.DROP
+
+    def _describe(self, outcome: Outcome) -> str:
+        """A short, key-free description of a failed export."""
+        secret = self.connection.instrumentation_key
+        said = envelopes.last_transport_message(secret)
+        if outcome.error is not None:
+            text = f"{type(outcome.error).__name__}: {outcome.error}"
+            return text.replace(secret, "****")[:300]
+        if outcome.status in (401, 403):
+            return (f"HTTP {outcome.status}: the resource may require Microsoft Entra ID (AAD) "
+                    "authentication; amldbg sends with the instrumentation key only")
+        if outcome.status is not None:
+            return f"HTTP {outcome.status}" + (f" ({said})" if said else "")
+        return said or "the exporter did not send the batch"
 
     def close(self, timeout: float) -> None:
         """Shut the exporter down (it holds no queue of its own here)."""

@@ -204,7 +204,11 @@ def test_forked_child_keeps_logging_and_does_not_resend_the_parents_records(tmp_
         print("CHILD STATUS", status, flush=True)
     """)
     with IngestionServer() as server:
-        with start_child(script, APPLICATIONINSIGHTS_CONNECTION_STRING=server.connection_string) as child:
+        # A fork does not wait for the exporter to finish loading (export.FORK_WAIT), so the
+        # child may load it again before its record can go: a grace period that covers
+        # that on a busy machine (the grace bound itself is tested above).
+        with start_child(script, APPLICATIONINSIGHTS_CONNECTION_STRING=server.connection_string,
+                         AMLDBG_LOG_GRACE_PERIOD="20") as child:
             assert child.wait(60) == 0, child.output
         server.wait_for(8, timeout=5)
         time.sleep(0.3)
@@ -251,6 +255,31 @@ def test_hand_typed_connection_string_upper_case_key_and_trailing_semicolon_work
     assert [message(e) for e in envelopes] == ["hand typed"]
     assert envelopes[0]["iKey"] == ingestion.instrumentation_key
     assert "warning" not in child.output
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_aad_connection_string_is_accepted_with_one_warning_saying_what_aad_needs(
+    tmp_path: Path, ingestion: IngestionServer, backend: str
+) -> None:
+    script = write_child(tmp_path, f"""
+        from amldbg.logs import get_logger, flush_logs
+        a = get_logger("aad.one", backend={backend!r})
+        b = get_logger("aad.two", backend={backend!r})
+        a.info("sent with AAD in the string")
+        b.info("second logger")
+        print("FLUSHED", flush_logs(20), flush=True)
+    """)
+    connection = f"{ingestion.connection_string};Authorization=AAD"
+    with start_child(script, APPLICATIONINSIGHTS_CONNECTION_STRING=connection) as child:
+        assert child.wait(60) == 0, child.output
+    envelopes = ingestion.wait_for(2, timeout=5)
+    _no_leaks(child.output, ingestion.instrumentation_key)
+    assert "FLUSHED True" in child.output, child.output
+    assert sorted(message(e) for e in envelopes) == ["second logger", "sent with AAD in the string"]
+    warnings = [line for line in child.lines if line.startswith("amldbg: warning:")]
+    assert len(warnings) == 1, child.output
+    assert "(AAD)" in warnings[0] and "credential" in warnings[0], warnings
+    assert "is off" not in child.output and "Invalid authorization" not in child.output
 
 
 def test_missing_exporter_package_is_one_warning_and_the_script_continues(
@@ -316,3 +345,78 @@ def test_only_rank_zero_sends_unless_all_ranks_is_set(tmp_path: Path, ingestion:
     envelopes = ingestion.wait_for(1, timeout=5)
     assert [properties(e)["rank"] for e in envelopes] == ["1"]
     assert properties(envelopes[0])["world_size"] == "2"
+
+
+def test_opencensus_envelopes_built_directly_are_the_handlers_own_and_fail_over_on_a_difference() -> None:
+    # The opencensus sink builds message envelopes without the handler (cheaper on the export
+    # thread); what reaches the service must be exactly what AzureLogHandler would send.
+    import logging
+
+    from amldbg.logs import appinsights
+    from amldbg.logs import envelopes as sink_envelopes
+    from amldbg.logs.connection import parse_connection_string
+    from amldbg.logs.settings import LogSettings
+
+    connection = parse_connection_string(
+        "InstrumentationKey=0f8fad5b-d9cb-469f-a165-70867728950e;IngestionEndpoint=http://127.0.0.1:9/")
+    sink = appinsights.create_sink("opencensus", connection, LogSettings())
+    try:
+        items = []
+        for i in range(40):
+            level = (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)[i % 5]
+            record = logging.LogRecord("direct", level, __file__, 7 + i, "msg %s", (i,), None, "fn")
+            user = {"epoch": i, "lineNumber": "user's"} if i % 3 == 0 else None
+            if i == 5:
+                try:
+                    raise KeyError("inside")
+                except KeyError:
+                    import sys
+                    record.exc_info = sys.exc_info()
+            items.append(sink_envelopes.snapshot(record, record.getMessage(), user))
+        handler = sink.handler  # type: ignore[attr-defined]
+        official = [json.loads(json.dumps(handler.log_record_to_envelope(sink._record(item)), default=str))  # type: ignore[attr-defined]
+                    for item in items]
+        built = sink._build(items)  # type: ignore[attr-defined]
+        assert sink._fast_ok  # type: ignore[attr-defined]
+        assert sum(1 for e in built if type(e) is dict) == 38, "the fast path was used"
+        assert [json.loads(json.dumps(e, default=str)) for e in built] == official
+
+        # A handler whose envelopes differ (another opencensus release): the next batch
+        # notices on its first record and every envelope comes from the handler from then on.
+        original = handler.log_record_to_envelope
+
+        def changed(record: logging.LogRecord) -> object:
+            envelope = original(record)
+            envelope["sampleRate"] = 50.0
+            return envelope
+
+        handler.log_record_to_envelope = changed
+        rebuilt = sink._build(list(items))  # type: ignore[attr-defined]
+        assert not sink._fast_ok  # type: ignore[attr-defined]
+        assert all(json.loads(json.dumps(e, default=str))["sampleRate"] == 50.0 for e in rebuilt)
+    finally:
+        sink.close(0.5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_resource_refusing_the_key_is_reported_at_exit_with_what_it_needs(tmp_path: Path, backend: str) -> None:
+    # A resource with local authentication disabled answers 401 to a key-only request
+    # (amldbg creates no Entra ID credential): the exit warning says why nothing arrived.
+    script = write_child(tmp_path, f"""
+        from amldbg.logs import get_logger
+        log = get_logger("unauthorized", backend={backend!r})
+        for i in range(3):
+            log.info("refused %d", i)
+        print("LAST", flush=True)
+    """)
+    with IngestionServer(fail_first=1000, fail_status=401) as server:
+        connection = f"{server.connection_string};Authorization=AAD"
+        with start_child(script, APPLICATIONINSIGHTS_CONNECTION_STRING=connection,
+                         AMLDBG_LOG_GRACE_PERIOD="1") as child:
+            assert child.wait(60) == 0, child.output
+        statuses = list(server.statuses)
+    _no_leaks(child.output, server.instrumentation_key)
+    assert statuses and set(statuses) == {401}, statuses
+    assert "3 record(s) were not delivered within the 1 s grace period" in child.output, child.output
+    if backend == "otel":
+        assert "HTTP 401" in child.output and "Entra ID" in child.output, child.output
