@@ -574,6 +574,9 @@ def _http_status(messages: list[str]) -> int | None:
     return status
 
 
+_SINK_REASON = re.compile(r"^HTTP \d{3}: (.+)$")
+
+
 def _service_reason(messages: list[str]) -> str:
     """The ingestion service's own words: ``errors[].message`` of its JSON answer."""
     reasons: list[str] = []
@@ -592,6 +595,9 @@ def _service_reason(messages: list[str]) -> str:
             break
         for match in _DATA_DROP.finditer(message):
             reasons.append(match.group(2))
+        sink_said = _SINK_REASON.search(message)
+        if sink_said and "{" not in sink_said.group(1):
+            reasons.append(sink_said.group(1))  # a sink's last_error: "HTTP 400: <reason>"
     unique = list(dict.fromkeys(reason.strip().rstrip(".") for reason in reasons if reason.strip()))
     return "; ".join(unique)
 

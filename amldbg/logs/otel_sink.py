@@ -27,6 +27,7 @@ and after SDK 1.39) are handled.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -63,6 +64,7 @@ class Outcome:
         self.timeout = 10.0
         self.status: int | None = None
         self.error: BaseException | None = None
+        self.reason = ""
         self.requests = 0
 
     def reset(self, timeout: float) -> None:
@@ -70,7 +72,19 @@ class Outcome:
         self.timeout = timeout
         self.status = None
         self.error = None
+        self.reason = ""
         self.requests = 0
+
+
+def _service_reason(response: Any) -> str:
+    """The ingestion service's own words for a refused batch (``errors[].message``), or ``""``."""
+    try:
+        answer = json.loads(response.text() or "{}")
+        errors = answer.get("errors") if isinstance(answer, dict) else None
+        messages = [str(e.get("message")) for e in errors or () if isinstance(e, dict) and e.get("message")]
+        return "; ".join(dict.fromkeys(messages))[:200]
+    except Exception:  # an answer that is not the service's JSON: the status says enough
+        return ""
 
 
 def _transport_class() -> Callable[..., Any]:
@@ -99,6 +113,8 @@ def _transport_class() -> Callable[..., Any]:
                 outcome.status, outcome.error = None, error
                 raise
             outcome.status, outcome.error = int(response.status_code), None
+            if outcome.status >= 400:
+                outcome.reason = _service_reason(response)
             return response
 
     return _Transport
@@ -208,7 +224,8 @@ class OtelSink(export.Sink):
             return (f"HTTP {outcome.status}: the resource may require Microsoft Entra ID (AAD) "
                     "authentication; amldbg sends with the instrumentation key only")
         if outcome.status is not None:
-            return f"HTTP {outcome.status}" + (f" ({said})" if said else "")
+            detail = outcome.reason.replace(secret, "****") if outcome.reason else said
+            return f"HTTP {outcome.status}" + (f": {detail}" if detail else "")
         return said or "the exporter did not send the batch"
 
     def close(self, timeout: float) -> None:
