@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from amldbg.debugger.session import DebugSession
     from amldbg.debugger.watchdogs import process_group_timeout, watchdog_timeout
     from amldbg.diagnostics.envsnap import env_snapshot, write_env_snapshot
+    from amldbg.diagnostics.stall import heartbeat
     from amldbg.hooks.scoring import debug_init, debug_run, request_ids
     from amldbg.logs import (
         LogSettings,
@@ -51,6 +52,7 @@ _EXPORTS = {
     "DebugSession": "amldbg.debugger.session",
     "env_snapshot": "amldbg.diagnostics.envsnap",
     "write_env_snapshot": "amldbg.diagnostics.envsnap",
+    "heartbeat": "amldbg.diagnostics.stall",
     "debug_init": "amldbg.hooks.scoring",
     "debug_run": "amldbg.hooks.scoring",
     "request_ids": "amldbg.hooks.scoring",
@@ -83,6 +85,7 @@ __all__ = [
     "env_snapshot",
     "flush_logs",
     "get_logger",
+    "heartbeat",
     "log_metric",
     "log_metrics",
     "post_mortem",

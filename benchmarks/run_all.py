@@ -19,6 +19,7 @@ from typing import Callable, Tuple
 import bench_debug
 import bench_logs
 import bench_scoring
+import bench_stall
 from _common import Ratio, goal_text, parse_quick
 
 Row = Tuple[str, str, str, str]
@@ -57,6 +58,16 @@ def main(argv: list[str] | None = None) -> int:
     served = bench_scoring.server_throughput(quick, extra_us)
     rows.append(_row("inference server requests/s with the decorators vs without", served,
                      ">= 0.98", lambda v: v >= 0.98))
+
+    print("\n== hung jobs: stall watchdog and on-demand triggers ==", flush=True)
+    armed = bench_stall.step_time(quick)
+    rows.append(_row("training-like loop with the stall watchdog and on-demand triggers armed "
+                     "vs nothing armed", armed, ">= 0.99", lambda v: v >= 0.99))
+    latency = bench_stall.dump_latency(quick)
+    if latency:
+        worst = max(latency)
+        rows.append(("from the stall timeout to the last of 4 ranks' dump written (worst)",
+                     f"{worst:.2f} s", "<= 2 s", goal_text(worst <= 2.0)))
 
     took = time.monotonic() - started
     print(f"\n== amldbg performance figures ({'--quick: NOT trustworthy, ' if quick else ''}"

@@ -31,6 +31,10 @@ EXPECTED = {
         r"vs a plain StreamHandler: [\d.]+x .*\(goal <= 1\.3x\)",
         r"opencensus\s+grace 3 s: delivered\s+\d+/1000",
     ],
+    "bench_stall.py": [
+        r"armed vs nothing armed: [\d.]+ \(.*\) \(goal >= 0\.99",
+        r"to the last rank's dump written: [\d., ]+ s \(goal <= 2 s",
+    ],
     "run_all.py": [
         r"^== amldbg performance figures \(--quick",
         r"^pure-Python speed, main thread, after a wait that timed out.*[\d.]+ \(.*>= 0\.95",
@@ -39,6 +43,8 @@ EXPECTED = {
         r"^the same vs a plain stdlib StreamHandler.*[\d.]+x \(.*<= 1\.3x",
         r"^@debug_run per call, debugging off.*[+-][\d.]+ us\s+<= 1 us",
         r"^inference server requests/s with the decorators vs without\s+[\d.]+ \(.*>= 0\.98",
+        r"^training-like loop with the stall watchdog .*[\d.]+ \(.*>= 0\.99",
+        r"^from the stall timeout to the last of 4 ranks' dump written \(worst\)\s+[\d.]+ s",
     ],
 }
 

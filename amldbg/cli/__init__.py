@@ -8,7 +8,9 @@ One module per command:
 * ``amldbg env snapshot`` / ``amldbg env diff`` (:mod:`.env`): what differs between two
   environments;
 * ``amldbg doctor`` (:mod:`.doctor`): check, where the script will run, what remote
-  debugging needs.
+  debugging needs;
+* ``amldbg stacks PATH...`` (:mod:`.stacks`): compare the stacks the ranks of a hung job
+  dumped, name the outliers, list crash reports.
 
 Every subcommand exits 0 on success, 1 for a negative answer (nothing found, snapshots
 differ, a check failed) and 2 for bad input, with a one-line reason on stderr. Nothing in
@@ -23,7 +25,7 @@ import sys
 from typing import Sequence
 
 from amldbg._version import __version__
-from amldbg.cli import doctor, env, find, launch_config
+from amldbg.cli import doctor, env, find, launch_config, stacks
 from amldbg.cli.common import EXIT_OK, EXIT_USAGE, CliError, Parser, formatter, host, port
 from amldbg.core import args as core_args
 from amldbg.core import settings as core_settings
@@ -36,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="amldbg",
         description="The developer's side of amldbg: find debug endpoints in Azure ML logs, "
-        "write VS Code launch.json entries, compare environments, check a machine.",
+        "write VS Code launch.json entries, compare the stacks of a hung job, compare "
+        "environments, check a machine.",
         formatter_class=formatter,
         epilog="run 'amldbg COMMAND --help' for a command's options and examples",
     )
@@ -53,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     find_parser.add_argument("logs", nargs="*", metavar="LOG", help="log file or folder; '-' or nothing reads standard input")
     find_parser.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
     find_parser.set_defaults(run=find.cmd_find)
+
+    stacks.add_parser(commands, formatter)
 
     launch = commands.add_parser(
         "launch-config", help="VS Code attach configurations (print or merge into launch.json)",
@@ -134,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = getattr(args, "run", None)
     if run is None:
         command = "amldbg env" if args.command == "env" else "amldbg"
-        choices = "snapshot, diff" if args.command == "env" else "find, launch-config, env, doctor"
+        choices = "snapshot, diff" if args.command == "env" else "find, launch-config, env, doctor, stacks"
         print(f"{command}: error: choose one of: {choices} (see '{command} --help')", file=sys.stderr)
         return EXIT_USAGE
     try:

@@ -17,6 +17,7 @@ process and the default, and every switch whose "on" opens a port or waits defau
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import math
 import os
@@ -221,8 +222,8 @@ FLAGS: tuple[Flag, ...] = (
         "remote_debug_keep_tracing",
         parse_bool,
         False,
-        "after the wait times out, keep the idle debugger tracing so that a client attaching "
-        "later stops at breakpoints in already running code (pure-Python code runs ~2x slower)",
+        "after the wait times out, keep debugpy tracing every thread (its own behaviour; "
+        "pure-Python code runs 2-3x slower)",
         is_switch=True,
     ),
     Flag(
@@ -250,6 +251,23 @@ FLAGS: tuple[Flag, ...] = (
         "(default: %(default)s)",
         "SECONDS",
     ),
+    Flag(
+        "remote_debug_stall_timeout",
+        parse_timeout,
+        0.0,
+        "when the main thread makes no progress for this many seconds, every rank writes the "
+        "stacks of its threads to the log and outputs/amldbg/ (once per stall); 0 is off "
+        "(default: %(default)s)",
+        "SECONDS",
+    ),
+    Flag(
+        "remote_debug_on_demand",
+        parse_bool,
+        False,
+        "let signals act on the running script: SIGUSR1 writes the stacks of its threads, "
+        "SIGUSR2 starts the debugger without waiting (kill -USR1 PID)",
+        is_switch=True,
+    ),
 )
 
 FLAGS_BY_NAME = {flag.name: flag for flag in FLAGS}
@@ -267,6 +285,8 @@ ALIASES = {
     "post_mortem": "remote_debug_post_mortem",
     "route_breakpoint": "remote_debug_route_breakpoint",
     "watchdog_timeout": "remote_debug_watchdog_timeout",
+    "stall_timeout": "remote_debug_stall_timeout",
+    "on_demand": "remote_debug_on_demand",
 }
 
 
@@ -293,6 +313,8 @@ class DebugSettings:
     remote_debug_post_mortem: bool = False
     remote_debug_route_breakpoint: bool = False
     remote_debug_watchdog_timeout: float = 0.0
+    remote_debug_stall_timeout: float = 0.0
+    remote_debug_on_demand: bool = False
 
     @property
     def enabled(self) -> bool:
@@ -387,12 +409,15 @@ def resolve_settings(
         if value is not None:
             explicit[name] = value
     values: dict[str, Any] = {}
+    # Checked once: an isinstance against an abstract class is slow, and a script with
+    # debugging off calls this on every start.
+    is_mapping = isinstance(args, collections.abc.Mapping)
     for flag in FLAGS:
         if flag.name in explicit:
             raw = explicit[flag.name]
-        elif isinstance(args, Mapping) and flag.name in args:
+        elif is_mapping and flag.name in args:
             raw = args[flag.name]
-        elif args is not None and not isinstance(args, Mapping) and hasattr(args, flag.name):
+        elif args is not None and not is_mapping and hasattr(args, flag.name):
             raw = getattr(args, flag.name)
         else:
             values[flag.name] = _flag_env(flag, env)

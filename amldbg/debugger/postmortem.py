@@ -16,6 +16,7 @@ debugpy is imported only when an exception actually has to be shown.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -31,6 +32,12 @@ from amldbg.debugger import session as sessions
 from amldbg.debugger import start
 
 _HANDLED_ATTR = "__amldbg_post_mortem__"
+# threading.__excepthook__ exists only from Python 3.10; this is the same hook, kept at import.
+_ORIGINAL_THREADING_EXCEPTHOOK = threading.excepthook
+_STAYS_OPEN = (
+    "the debug port {port} stays open for the rest of this process (debugpy cannot close a "
+    "listener); a client can still attach to it"
+)
 
 _lock = threading.RLock()
 _settings: DebugSettings | None = None
@@ -98,6 +105,7 @@ def _excepthook(
 ) -> None:
     try:
         if _settings is not None:
+            _crash_report(exc_type, exc, tb, "the main thread")
             _post_mortem(exc_type, exc, tb, _settings, "the main thread")
     except BaseException as error:  # e.g. Ctrl+C while waiting: still fail as before
         announce.warn(f"post-mortem debugging failed: {error!r}")
@@ -110,6 +118,10 @@ def _threading_excepthook(hook_args: Any) -> None:
     try:
         if _settings is not None and hook_args.exc_value is not None:
             name = getattr(hook_args.thread, "name", "a thread")
+            _crash_report(
+                hook_args.exc_type, hook_args.exc_value, hook_args.exc_traceback,
+                f"thread {name!r}",
+            )
             _post_mortem(
                 hook_args.exc_type, hook_args.exc_value, hook_args.exc_traceback, _settings,
                 f"thread {name!r}",
@@ -117,8 +129,28 @@ def _threading_excepthook(hook_args: Any) -> None:
     except BaseException as error:
         announce.warn(f"post-mortem debugging failed: {error!r}")
     finally:
-        previous = _previous_threading_excepthook or threading.__excepthook__
+        previous = _previous_threading_excepthook or _ORIGINAL_THREADING_EXCEPTHOOK
         previous(hook_args)
+
+
+def _crash_report(
+    exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None, where: str
+) -> None:
+    """Leave ``outputs/amldbg/crash-rank<R>-pid<P>.json`` (every frame's values, the topology,
+    the environment) before the debugger part: it is there even when nobody attaches."""
+    if tb is None or _ignored(exc_type):
+        return
+    stall = sys.modules.get("amldbg.diagnostics.stall")
+    if stall is not None and where == "the main thread":
+        # The main thread is ending (and may wait for a debugger now): not a stall.
+        with contextlib.suppress(Exception):
+            stall.disarm()
+    try:
+        from amldbg.diagnostics import stacks
+
+        stacks.write_crash_report_once(exc_type, exc, tb, where)
+    except Exception as error:  # the crash report is extra: the script fails as before
+        announce.warn(f"could not write the crash report: {describe(error)}")
 
 
 def _ignored(exc_type: type[BaseException]) -> bool:
@@ -194,6 +226,8 @@ def _post_mortem(
         sessions.say_attached(attached)
     if not debugpy.is_client_connected():
         announce.info("post-mortem: no debugger attached; the script fails as it would have")
+        if started_now and session is not None and session.mode == "listen":
+            announce.warn(_STAYS_OPEN.format(port=session.port))
         return False
     if connected_before and _client_stops_on_uncaught(exc_type):
         # The client asked for stops on uncaught exceptions and pydevd traced this thread:

@@ -78,11 +78,23 @@ def _enable(
         or settings.remote_debug_post_mortem
         or settings.remote_debug_route_breakpoint
     )
-    if not wanted:
+    diagnostics = settings.remote_debug_stall_timeout > 0 or settings.remote_debug_on_demand
+    if not wanted and not diagnostics:
         return DISABLED
     topology = topology or environment.topology()
     settings_module.remember(settings)
+    # Every rank, before the rank selection below: --remote_debug_ranks selects debuggers,
+    # not diagnostics, and neither needs debugpy or --remote_debug. A rank about to wait for
+    # a client arms its stall watchdog after the wait: waiting there is not a stall.
+    waits_first = settings.remote_debug and settings.debugs_rank(topology.rank)
+    if diagnostics:
+        _arm_diagnostics(settings, topology, arm_stall=not waits_first)
+    if not wanted:
+        return DISABLED
     if not settings.debugs_rank(topology.rank):
+        if settings.remote_debug_post_mortem:
+            # The crash report is written on every rank; only selected ranks wait for a client.
+            _arm_crash_reports()
         if topology.is_distributed:
             ranks = ",".join(map(str, settings.remote_debug_ranks or ()))
             announce.info(f"rank {topology.rank} does not debug (--remote_debug_ranks {ranks})")
@@ -98,4 +110,40 @@ def _enable(
     if not settings.remote_debug:
         return DISABLED
     watchdogs.announce_watchdogs(settings, topology, os.environ)
-    return start.start(settings, topology, progress_interval=progress_interval)
+    session = start.start(settings, topology, progress_interval=progress_interval)
+    if settings.remote_debug_stall_timeout > 0:
+        _arm_diagnostics(settings, topology, arm_on_demand=False)
+    return session
+
+
+def _arm_diagnostics(
+    settings: DebugSettings,
+    topology: environment.Topology,
+    *,
+    arm_stall: bool = True,
+    arm_on_demand: bool = True,
+) -> None:
+    """Arm the stall report and the on-demand triggers; a failure is one warning line."""
+    if arm_stall and settings.remote_debug_stall_timeout > 0:
+        try:
+            from amldbg.diagnostics import stall
+
+            stall.arm(settings.remote_debug_stall_timeout)
+        except Exception as error:
+            announce.warn(f"the stall report is off: {describe(error)}")
+    if arm_on_demand and settings.remote_debug_on_demand:
+        try:
+            from amldbg.debugger import on_demand as triggers
+
+            triggers.arm(settings, topology)
+        except Exception as error:
+            announce.warn(f"on-demand triggers are off: {describe(error)}")
+
+
+def _arm_crash_reports() -> None:
+    try:
+        from amldbg.diagnostics import stacks
+
+        stacks.install_crash_hooks()
+    except Exception as error:
+        announce.warn(f"crash reports are off: {describe(error)}")

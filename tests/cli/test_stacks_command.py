@@ -96,6 +96,15 @@ def test_latest_dump_per_rank_and_a_dump_read_twice_counts_once(tmp_path: Path) 
     assert all(source.endswith(".json") for source in sources)
 
 
+def test_a_forked_child_does_not_stand_for_its_rank(tmp_path: Path) -> None:
+    main = dump(0, WAITING, time="2026-01-01T00:00:01", world=1)
+    worker = dump(0, STUCK, seq=2, time="2026-01-01T00:00:02", world=1)
+    worker["pid"], worker["forked_from"] = 999, main["pid"]
+    write_dumps(tmp_path, [main, worker])
+    report = json.loads(amldbg_stacks(str(tmp_path), "--json").stdout)
+    assert [g["frame"] for g in report["groups"]] == ["train.py:88 in all_reduce_forever"]
+
+
 def test_reads_standard_input_and_lists_crash_reports(tmp_path: Path) -> None:
     crash = {"amldbg_crash": 1, "rank": 2, "pid": 77, "host": "n", "time": "2026-01-01T00:00:00",
              "exception": "ValueError: bad row", "frame": "train.py:12 in parse",

@@ -105,7 +105,7 @@ CRASHING = textwrap.dedent(
 
     parser = argparse.ArgumentParser()
     amldbg.add_args(parser)
-    amldbg.enable_remote_debug(parser.parse_args())
+    amldbg.enable_remote_debug(parser.parse_known_args()[0])
     print("started", flush=True)
     load("data/part-7.csv")
     """
@@ -129,6 +129,7 @@ def test_crash_report_leaves_traceback_and_exit_code_unchanged(
         plain_code = plain.wait(60)
     flags = ["--remote_debug_post_mortem", "--remote_debug_connection_timeout", "0",
              "--remote_debug_listen_host", "127.0.0.1", "--remote_debug_port", "0"]
+    flags += ["--api_key", "sk-live-0123456789"]
     with Running([str(script), *flags], cwd=tmp_path, env=child_env(**env)) as run:
         code = run.wait(90)
     assert code == plain_code == 1
@@ -142,6 +143,19 @@ def test_crash_report_leaves_traceback_and_exit_code_unchanged(
     assert (top["function"], top["locals"]["path"]) == ("load", "'data/part-7.csv'")
     assert top["locals"]["storage_key"] == "<hidden>"
     assert "abcdefghijklmnop1234" not in report_path.read_text()
+    assert report["argv"][-2:] == ["--api_key", "<hidden>"]
+    assert "sk-live-0123456789" not in report_path.read_text()
     assert "Python 3" in report["environment"]["summary"]
     line = json.loads(run.wait_for_line(r"^amldbg crash: (\{.*\})$").group(1))
     assert line["file"].endswith(report_path.name) and line["frame"] == f"crash.py:{7} in load"
+
+
+def test_the_log_line_fits_in_one_pipe_write_however_many_threads() -> None:
+    frame = {"file": "/very/long/path/" + "x" * 80 + ".py", "line": 1, "function": "f"}
+    threads = [{"name": f"t{i}", "main": i == 0, "frames": [frame] * stacks.MAX_FRAMES}
+               for i in range(60)]
+    line = stacks.summary_line({"amldbg_stacks": 1, "rank": 0, "threads": threads})
+    assert len(line.encode()) <= stacks.LINE_LIMIT
+    parsed = json.loads(line[len(stacks.STACKS_MARKER):])
+    assert parsed["threads"][0]["main"] and parsed["threads"][0]["frames"]
+    assert len(parsed["threads"]) == 60

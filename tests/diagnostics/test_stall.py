@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -63,12 +64,22 @@ def test_stall_ends_then_a_new_stall_is_reported_again(tmp_path: Path) -> None:
         def blocked(seconds):
             select.select([r], [], [], seconds)
 
+        def parse(n):
+            return [str(i) for i in range(n)]
+
+        def total(rows):
+            return sum(len(row) for row in rows)
+
         for round in range(2):
             blocked(2.5)
             print(f"round {round} over", flush=True)
-            deadline = time.monotonic() + 1.5
-            while time.monotonic() < deadline:  # progress: Python work
-                squares = [i * i for i in range(1000)]
+            for step in range(90):  # progress: each step waits at another place
+                if step % 3 == 0:
+                    blocked(0.01)
+                elif step % 3 == 1:
+                    blocked(0.01)
+                else:
+                    total(parse(300))
         print("done", flush=True)
     """)
     with Running([job], cwd=tmp_path) as run:
@@ -132,3 +143,41 @@ def test_off_by_default_and_for_bad_values(tmp_path: Path) -> None:
     assert dumps(run.output) == []
     warning = run.wait_for_line(r"^amldbg: warning: ignoring AMLDBG_REMOTE_DEBUG_STALL_TIMEOUT")
     assert "using 0" in warning.string
+
+
+def test_no_report_while_waiting_for_a_client_or_stopped_at_a_breakpoint(tmp_path: Path) -> None:
+    from dap_client import DAPClient
+    from processes import reap_debug_adapters
+
+    job = script(tmp_path, """
+        import argparse, time, amldbg
+        parser = argparse.ArgumentParser()
+        amldbg.add_args(parser)
+        amldbg.enable_remote_debug(parser.parse_args())
+        for step in range(3):
+            time.sleep(0.05)  # BREAK
+        print("done", flush=True)
+    """)
+    line = next(n for n, text in enumerate(Path(job).read_text().splitlines(), 1) if "# BREAK" in text)
+    args = [job, "--remote_debug", "--remote_debug_listen_host", "127.0.0.1", "--remote_debug_port",
+            "0", "--remote_debug_connection_timeout", "60", "--remote_debug_stall_timeout", "1"]
+    port = 0
+    with Running(args, cwd=tmp_path) as run:
+        try:
+            port = int(run.wait_for_line(r"^port: (\d+)$").group(1))
+            time.sleep(2)  # waiting for a client longer than the stall timeout is no stall
+            client = DAPClient.connect("127.0.0.1", port)
+            try:
+                client.attach(breakpoints={job: [line]})
+                stop = client.wait_for_stop(timeout=60)
+                run.wait_for_line(r"^amldbg: stall report armed")
+                time.sleep(2.5)  # stopped at the breakpoint longer than the stall timeout
+                client.request("setBreakpoints", {"source": {"path": job}, "breakpoints": []})
+                client.continue_(stop["threadId"])
+            finally:
+                client.disconnect()
+            assert run.wait(60) == 0
+        finally:
+            reap_debug_adapters([port] if port else [])
+    assert dumps(run.output) == []
+    assert "done" in run.lines

@@ -1,0 +1,290 @@
+"""On-demand triggers, ``--remote_debug_on_demand``: ``kill -USR1 PID`` writes the stacks of
+every thread, ``kill -USR2 PID`` starts the debugger without waiting.
+
+Off unless asked for. Armed, it costs nothing while idle: one thread blocked in ``read()``.
+
+How a signal reaches amldbg while the main thread is blocked in C (a collective, a queue):
+Python runs signal handlers only in the main thread, between bytecodes, so a handler alone
+would wait for the C call to return. amldbg therefore also points
+:func:`signal.set_wakeup_fd` at a pipe: CPython's C-level handler writes the signal's number
+there at once, from whichever thread the kernel chose, and a daemon thread reading the pipe
+does the work. The Python handler is what makes CPython catch the signal at all (without it
+SIGUSR1's default action ends the process); it does the work itself only when the pipe is no
+longer the wakeup fd (asyncio, for one, takes the wakeup fd for its own signal handlers).
+
+Why not ``pthread_sigmask`` and ``sigwait``: a blocked signal mask is inherited by every
+thread and child process started later (data loader workers, ``subprocess``), which would
+silently break their own signal handling; threads started earlier (torch's, debugpy's) do
+not have it blocked, and the default action of SIGUSR1 would still end the process there.
+
+What amldbg never does: replace a handler that the script or a framework installed (it
+checks for ``SIG_DFL`` first and says which trigger is left), or install anything in the
+inference server's gunicorn processes (gunicorn uses SIGUSR1 to reopen logs and SIGUSR2 to
+upgrade itself). A forked child (a data loader worker) keeps the handler and handles a
+signal sent to its own pid in its main thread; a child started with exec starts clean.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+from amldbg.core import announce, environment, runtime
+from amldbg.core.guard import describe
+from amldbg.core.settings import DebugSettings
+from amldbg.diagnostics import stacks
+
+__all__ = ["arm", "disarm", "is_armed"]
+
+_lock = threading.Lock()
+_settings: DebugSettings | None = None
+_installed: dict[int, Any] = {}  # signal number -> the handler that was there before
+_read_fd = -1
+_write_fd = -1
+_previous_wakeup_fd = -1
+_reader: threading.Thread | None = None
+
+
+def _signals() -> dict[int, str]:
+    found = {}
+    for name in ("SIGUSR1", "SIGUSR2"):
+        number = getattr(signal, name, None)
+        if number is not None:
+            found[int(number)] = name
+    return found
+
+
+def arm(settings: DebugSettings, topology: environment.Topology | None = None) -> bool:
+    """Install the SIGUSR1/SIGUSR2 triggers as ``settings`` say; True when at least one is.
+
+    Must run in the main thread (Python's rule for signal handlers). Idempotent; never
+    raises: a failure is one warning line.
+    """
+    global _settings
+    try:
+        if not settings.remote_debug_on_demand:
+            return False
+        topology = topology or environment.topology()
+        with _lock:
+            _settings = settings
+            if _installed:
+                return True
+            return _arm(topology)
+    except Exception as error:
+        announce.warn(f"on-demand triggers are off: {describe(error)}")
+        return False
+
+
+def _arm(topology: environment.Topology) -> bool:
+    global _read_fd, _write_fd, _previous_wakeup_fd, _reader
+    wanted = _signals()
+    if not wanted:
+        announce.info("on-demand triggers are off: this platform has no SIGUSR1/SIGUSR2")
+        return False
+    if "gunicorn.workers.base" in sys.modules or runtime.gunicorn_worker() is not None:
+        announce.info(
+            "on-demand signals are off in the inference server (gunicorn uses SIGUSR1 and "
+            "SIGUSR2); use --remote_debug_stall_timeout for stacks and AMLDBG_REMOTE_DEBUG=1 "
+            "with a restart for a debugger"
+        )
+        return False
+    if threading.current_thread() is not threading.main_thread():
+        announce.warn(
+            "on-demand triggers are off: they must be armed from the main thread "
+            "(call amldbg.enable_remote_debug there)"
+        )
+        return False
+    for number, name in wanted.items():
+        current = signal.getsignal(number)
+        if current is not signal.SIG_DFL:
+            what = "stack dumps" if name == "SIGUSR1" else "starting the debugger"
+            other = "--remote_debug_stall_timeout" if name == "SIGUSR1" else "--remote_debug"
+            announce.info(
+                f"{name} already has a handler (installed by the script or a framework); "
+                f"amldbg leaves it alone, so {what} on demand is off: use {other} instead"
+            )
+            continue
+        signal.signal(number, _handler)
+        _installed[number] = current
+    if not _installed:
+        return False
+    try:
+        _read_fd, _write_fd = os.pipe()
+        os.set_blocking(_write_fd, False)
+        previous = signal.set_wakeup_fd(_write_fd, warn_on_full_buffer=False)
+        if previous != -1:
+            # Someone else's wakeup fd (an event loop's): keep theirs; the handler alone acts.
+            signal.set_wakeup_fd(previous)
+            _close_pipe()
+        else:
+            _previous_wakeup_fd = previous
+            _reader = threading.Thread(target=_read_loop, name="amldbg-on-demand", daemon=True)
+            _reader.start()
+    except (OSError, ValueError) as error:
+        _close_pipe()
+        announce.warn(f"on-demand triggers react only between bytecodes: {describe(error)}")
+    names = {_signals()[number]: number for number in _installed}
+    actions = []
+    if "SIGUSR1" in names:
+        actions.append(f"kill -USR1 {os.getpid()} writes the stacks")
+    if "SIGUSR2" in names:
+        actions.append(f"kill -USR2 {os.getpid()} starts the debugger")
+    announce.info(f"on-demand triggers armed on rank {topology.rank}: " + "; ".join(actions))
+    return True
+
+
+def _close_pipe() -> None:
+    global _read_fd, _write_fd
+    for fd in (_read_fd, _write_fd):
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    _read_fd = _write_fd = -1
+
+
+def _close_write_end() -> None:
+    global _read_fd, _write_fd
+    if _reader is None or not _reader.is_alive():
+        _close_pipe()
+        return
+    if _write_fd >= 0:
+        with contextlib.suppress(OSError):
+            os.close(_write_fd)
+    _read_fd = _write_fd = -1
+
+
+def _read_loop() -> None:
+    fd = _read_fd
+    try:
+        while True:
+            try:
+                data = os.read(fd, 64)
+            except InterruptedError:
+                continue
+            except OSError:
+                return
+            if not data:  # disarm() closed the write end
+                return
+            for number in data:
+                if number in _installed:
+                    _act(number)
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _handler(number: int, frame: Any) -> None:
+    # Runs in the main thread. When the pipe is still the wakeup fd, the reader thread has
+    # already acted (or is acting) on this signal.
+    if _write_fd >= 0:
+        try:
+            current = signal.set_wakeup_fd(_write_fd, warn_on_full_buffer=False)
+        except (OSError, ValueError):
+            current = -1
+        if current == _write_fd:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            signal.set_wakeup_fd(current)  # someone else's: give it back
+    _act(number)
+
+
+def _act(number: int) -> None:
+    try:
+        name = _signals().get(number, str(number))
+        if name == "SIGUSR1":
+            stacks.write_dump(
+                "signal", "SIGUSR1 (on demand)", skip_threads=_own_threads()
+            )
+        elif name == "SIGUSR2":
+            _start_debugger()
+    except Exception as error:  # a trigger must never stop the script
+        announce.warn(f"on-demand trigger failed: {describe(error)}")
+
+
+def _own_threads() -> tuple[int, ...]:
+    reader = _reader
+    return (reader.ident,) if reader is not None and reader.ident is not None else ()
+
+
+def _start_debugger() -> None:
+    from amldbg.debugger import session as sessions
+    from amldbg.debugger import start
+
+    settings = _settings
+    if settings is None:
+        return
+    topology = environment.topology()
+    announce.info(f"SIGUSR2: starting the debugger on rank {topology.rank} (pid {os.getpid()})")
+    if not settings.debugs_rank(topology.rank):
+        ranks = ",".join(map(str, settings.remote_debug_ranks or ()))
+        announce.info(f"rank {topology.rank} does not debug (--remote_debug_ranks {ranks})")
+        return
+    current = sessions.current_session()
+    if current is not None and current.active:
+        announce.info(
+            f"the debugger already runs ({current.mode} {current.host}:{current.port}); "
+            f"attach there"
+        )
+        return
+    # Listen without waiting: the script carries on, and the debugger keeps tracing so that
+    # a client attaching later stops at its breakpoints in the running loop.
+    start.start(
+        dataclasses.replace(settings, remote_debug=True, remote_debug_connection_timeout=0),
+        topology,
+    )
+
+
+def disarm() -> None:
+    """Restore the handlers and wakeup fd amldbg replaced (tests)."""
+    global _reader
+    with _lock:
+        if threading.current_thread() is threading.main_thread():
+            for number, previous in list(_installed.items()):
+                try:
+                    if signal.getsignal(number) is _handler:
+                        signal.signal(number, previous)
+                except (OSError, ValueError):
+                    pass
+            if _write_fd >= 0:
+                try:
+                    current = signal.set_wakeup_fd(_previous_wakeup_fd)
+                    if current != _write_fd:
+                        signal.set_wakeup_fd(current)
+                except (OSError, ValueError):
+                    pass
+        _installed.clear()
+        _close_write_end()  # the reader reads end-of-file, closes its end and ends
+        _reader = None
+
+
+def is_armed() -> bool:
+    """True when at least one on-demand signal is handled by amldbg."""
+    return bool(_installed)
+
+
+def _after_fork_in_child() -> None:
+    # The reader thread does not exist in a forked child, and the pipe is the parent's: a
+    # signal to the child must not wake the parent. The child's main thread handles it.
+    global _reader, _read_fd, _write_fd
+    if _write_fd < 0:
+        return
+    try:
+        current = signal.set_wakeup_fd(-1)
+        if current != _write_fd:
+            signal.set_wakeup_fd(current)  # someone else's: leave it
+    except (OSError, ValueError):
+        pass
+    for fd in (_read_fd, _write_fd):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _read_fd = _write_fd = -1
+    _reader = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

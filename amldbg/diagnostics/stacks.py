@@ -1,0 +1,674 @@
+"""Python stacks of every thread of this process, as the driver log and ``amldbg stacks`` read them.
+
+:func:`capture` takes the stacks of all threads (``sys._current_frames()``, no tracing, no
+ptrace) with the innermost frames' local values as bounded, secret-masked reprs;
+:func:`write_dump` writes one dump in two forms:
+
+* the driver log (stdout, flushed): one machine-readable line ``amldbg stacks: {json}``
+  (rank, pid, reason, and each thread's frames as ``[file, line, function]`` without
+  values) followed by readable ``amldbg: [rank R] ...`` lines with the values;
+* a JSON file ``outputs/amldbg/stacks-rank<R>-pid<P>-<n>.json`` with everything (Azure ML
+  uploads ``outputs/`` with the run).
+
+:func:`write_crash_report` writes ``outputs/amldbg/crash-rank<R>-pid<P>.json`` for an
+uncaught exception: the traceback with each frame's values, the topology and an environment
+summary.
+
+A value's repr is bounded: a user ``__repr__`` is called inside ``try`` and its result cut,
+containers are shortened by :mod:`reprlib`, array-like objects (torch, numpy...) are
+described by type, shape, dtype and device without calling their ``__repr__`` (which could
+copy a tensor from a hung GPU), and capture stops adding values once its time budget is
+spent. A local whose name looks secret (``token``, ``password``, ``api_key``...) is shown as
+``<hidden>``, and a value that looks like a credential is masked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import itertools
+import json
+import linecache
+import os
+import re
+import reprlib
+import socket
+import sys
+import sysconfig
+import threading
+import time
+import types
+from types import FrameType, TracebackType
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from amldbg.core import announce, environment
+from amldbg.core import secrets as core_secrets
+
+#: Marks the machine-readable dump line in the driver log; ``amldbg stacks`` reads it.
+STACKS_MARKER = "amldbg stacks: "
+#: Marks the line announcing a crash report; ``amldbg stacks`` and ``amldbg find`` read it.
+CRASH_MARKER = "amldbg crash: "
+DUMP_FORMAT = 1
+#: Where dumps and crash reports go, relative to the working directory (Azure ML uploads it).
+OUTPUT_DIR = os.path.join("outputs", "amldbg")
+#: Set to write dumps elsewhere (tests, or a job whose outputs folder is not ./outputs).
+OUTPUT_DIR_ENV = "AMLDBG_DIAGNOSTICS_DIR"
+
+#: Innermost frames kept per thread.
+MAX_FRAMES = 24
+#: User frames per thread (innermost first) whose local values are recorded, besides the
+#: innermost frame.
+MAX_VALUE_FRAMES = 4
+#: Local values recorded per frame.
+MAX_LOCALS = 24
+#: Characters of one value's repr.
+MAX_REPR = 160
+#: Seconds one capture may spend on values; past it, frames are recorded without values.
+TIME_BUDGET = 1.0
+HIDDEN = "<hidden>"
+
+_counter = itertools.count(1)
+# The pid that imported amldbg: a forked child (a data loader worker) that dumps says whose
+# child it is, so that `amldbg stacks` does not take it for its rank's main process.
+_ORIGIN_PID = os.getpid()
+_write_lock = threading.Lock()
+
+# A local's name that says its value is a secret; the core's rule is used when present.
+_SECRET_NAME = re.compile(
+    r"token|secret|passw(or)?d|(^|_)key($|_)|apikey|api_key|access_key|private|credential|"
+    r"connection_string|conn_str|(^|_)sas($|_)|signature|(^|_)auth|cookie|instrumentationkey",
+    re.IGNORECASE,
+)
+_SECRET_VALUE = re.compile(
+    r"(InstrumentationKey|AccountKey|SharedAccessKey|Password|sig)=[^;&\s'\"]+|"
+    r"\beyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}[.A-Za-z0-9_-]*|Bearer\s+[A-Za-z0-9._~+/=-]+|"
+    r"(://[^/\s:@]+:)[^/\s@]+@",
+    re.IGNORECASE,
+)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_NOISE = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type)
+_ARRAY_MODULES = ("torch", "numpy", "jax", "jaxlib", "tensorflow", "cupy", "pandas")
+
+
+# -- secrets ----------------------------------------------------------------------------------
+# amldbg.core.secrets is the package's rule; the local patterns below add the shapes a repr
+# takes (quoted dict keys, a key=value inside a longer string) and only ever hide more.
+def is_secret_name(name: str) -> bool:
+    """True when a variable called ``name`` probably holds a secret."""
+    with contextlib.suppress(Exception):
+        if core_secrets.is_secret_name(name):
+            return True
+    return bool(_SECRET_NAME.search(name))
+
+
+def mask_text(text: str) -> str:
+    """``text`` with credential-looking parts (keys in connection strings, SAS signatures,
+    JWTs, bearer tokens, passwords in URLs) replaced by ``<hidden>``."""
+    with contextlib.suppress(Exception):
+        text = str(core_secrets.mask_value(text))
+
+    def hide(match: re.Match[str]) -> str:
+        if match.group(2):  # a URL's user: keep it, hide the password
+            return match.group(2) + HIDDEN + "@"
+        whole = match.group(0)
+        if match.group(1):
+            return match.group(1) + "=" + HIDDEN
+        if whole.lower().startswith("bearer"):
+            return "Bearer " + HIDDEN
+        return HIDDEN
+
+    return _SECRET_VALUE.sub(hide, text)
+
+
+def clean(text: str) -> str:
+    """``text`` with control characters escaped (``\\x1b``), safe to print to a terminal."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group(0)):02x}", text)
+
+
+# -- values -----------------------------------------------------------------------------------
+class _BoundedRepr(reprlib.Repr):
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel = 2
+        self.maxdict = 6
+        self.maxlist = self.maxtuple = self.maxset = self.maxfrozenset = self.maxdeque = 6
+        self.maxarray = 6
+        self.maxstring = MAX_REPR
+        self.maxlong = 40
+        self.maxother = MAX_REPR
+
+    def repr1(self, x: Any, level: int) -> str:
+        described = _array_summary(x)
+        if described is not None:
+            return described
+        if isinstance(x, dict) and level > 0:
+            return self._dict(x, level)
+        try:
+            return super().repr1(x, level)
+        except Exception as error:
+            return f"<{type(x).__name__}: repr failed: {type(error).__name__}>"
+
+    def _dict(self, x: Mapping[Any, Any], level: int) -> str:
+        # A mapping's secret-looking keys keep their names but not their values.
+        if not x:
+            return "{}"
+        if level <= 1:
+            return "{...}"
+        pieces = []
+        for key, value in itertools.islice(x.items(), self.maxdict):
+            shown = HIDDEN if isinstance(key, str) and is_secret_name(key) else self.repr1(
+                value, level - 1
+            )
+            pieces.append(f"{self.repr1(key, level - 1)}: {shown}")
+        if len(x) > self.maxdict:
+            pieces.append("...")
+        return "{" + ", ".join(pieces) + "}"
+
+    def repr_instance(self, x: Any, level: int) -> str:
+        try:
+            text = repr(x)
+        except Exception as error:
+            return f"<{type(x).__name__} object: repr failed: {type(error).__name__}>"
+        if not isinstance(text, str):
+            return f"<{type(x).__name__} object>"
+        if len(text) > self.maxother:
+            keep = self.maxother - 3
+            text = text[: keep // 2] + "..." + text[len(text) - keep // 2:]
+        return text
+
+
+_repr = _BoundedRepr()
+
+
+def _array_summary(value: Any) -> str | None:
+    kind = type(value)
+    module = getattr(kind, "__module__", "") or ""
+    if module.split(".")[0] not in _ARRAY_MODULES:
+        return None
+    try:
+        shape = getattr(value, "shape", None)
+        if shape is None:
+            return None
+        parts = [f"shape={tuple(shape)}"]
+        for attribute in ("dtype", "device"):
+            found = getattr(value, attribute, None)
+            if found is not None and not callable(found):
+                parts.append(f"{attribute}={found}")
+        return f"<{kind.__name__} {' '.join(parts)}>"
+    except Exception:
+        return f"<{kind.__name__}>"
+
+
+def safe_repr(value: Any, limit: int = MAX_REPR) -> str:
+    """A bounded, secret-masked, control-character-free repr of ``value``; never raises."""
+    try:
+        text = _repr.repr(value)
+    except Exception as error:
+        text = f"<{type(value).__name__}: repr failed: {type(error).__name__}>"
+    except BaseException:  # e.g. a __repr__ that calls sys.exit: not ours to act on
+        text = f"<{type(value).__name__}: repr failed>"
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return clean(mask_text(text))
+
+
+def frame_locals(frame: FrameType, deadline: float) -> dict[str, str]:
+    """The local values of ``frame`` as bounded reprs (secret names hidden), until ``deadline``
+    (a ``time.monotonic()`` value)."""
+    try:
+        names = dict(frame.f_locals)
+    except Exception:
+        return {}
+    shown: dict[str, str] = {}
+    for name, value in itertools.islice(names.items(), MAX_LOCALS):
+        if time.monotonic() > deadline:
+            shown["..."] = "time budget spent"
+            break
+        name = clean(str(name))[:80]
+        if (name.startswith("__") and name.endswith("__")) or isinstance(value, _NOISE):
+            continue  # modules, functions, classes: a module frame's imports say nothing
+        shown[name] = HIDDEN if is_secret_name(name) else safe_repr(value)
+    if len(names) > MAX_LOCALS:
+        shown["..."] = f"{len(names) - MAX_LOCALS} more"
+    return shown
+
+
+# -- frames -----------------------------------------------------------------------------------
+def _library_roots() -> tuple[str, ...]:
+    roots = set()
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        with contextlib.suppress(Exception):
+            roots.add(os.path.normcase(os.path.realpath(sysconfig.get_paths()[key])))
+    roots.add(os.path.normcase(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    return tuple(sorted(roots))
+
+
+_LIBRARY_ROOTS: tuple[str, ...] | None = None
+
+
+def is_library_file(filename: str) -> bool:
+    """True for the standard library, installed packages and amldbg itself: not user code."""
+    global _LIBRARY_ROOTS
+    if filename.startswith("<"):
+        return not filename.startswith("<stdin>")
+    if "site-packages" in filename or "dist-packages" in filename:
+        return True
+    if _LIBRARY_ROOTS is None:
+        _LIBRARY_ROOTS = _library_roots()
+    path = os.path.normcase(os.path.abspath(filename))
+    return any(path.startswith(root + os.sep) for root in _LIBRARY_ROOTS)
+
+
+def _frame_record(
+    frame: FrameType, lineno: int | None, with_values: bool, deadline: float
+) -> dict[str, Any]:
+    code = frame.f_code
+    line = lineno if lineno is not None else (frame.f_lineno or 0)
+    filename = code.co_filename
+    record: dict[str, Any] = {
+        "file": clean(filename),
+        "line": line,
+        "function": clean(getattr(code, "co_qualname", code.co_name)),
+        "library": is_library_file(filename),
+    }
+    try:
+        source = linecache.getline(filename, line).strip()
+    except Exception:
+        source = ""
+    if source:
+        record["code"] = clean(mask_text(source[:200]))
+    if with_values:
+        record["locals"] = frame_locals(frame, deadline)
+    return record
+
+
+def frames_of(frame: FrameType | None, deadline: float, limit: int = MAX_FRAMES) -> list[dict[str, Any]]:
+    """The records of ``frame`` and its callers, outermost first, at most ``limit`` innermost
+    ones; the innermost :data:`MAX_VALUE_FRAMES` carry local values."""
+    chain: list[FrameType] = []
+    while frame is not None and len(chain) < limit:
+        chain.append(frame)
+        frame = frame.f_back
+    records = []
+    user_frames = 0
+    for index, current in enumerate(chain):
+        # Values of the innermost frame and of the innermost user frames: a library's
+        # internals (threading's self, torch's arguments) are rarely what was stuck.
+        user = not is_library_file(current.f_code.co_filename)
+        with_values = index == 0 or (user and user_frames < MAX_VALUE_FRAMES)
+        user_frames += user
+        records.append(_frame_record(current, None, with_values, deadline))
+    records.reverse()
+    return records
+
+
+def traceback_frames(tb: TracebackType | None, deadline: float) -> list[dict[str, Any]]:
+    """The records of a traceback, outermost first; every frame (up to :data:`MAX_FRAMES`
+    innermost) carries its local values as they were when the exception was raised."""
+    entries = []
+    while tb is not None:
+        entries.append((tb.tb_frame, tb.tb_lineno))
+        tb = tb.tb_next
+    entries = entries[-MAX_FRAMES:]
+    return [_frame_record(frame, line, True, deadline) for frame, line in entries]
+
+
+def _topology_fields() -> dict[str, Any]:
+    topology = environment.topology()
+    return {
+        "rank": topology.rank,
+        "local_rank": topology.local_rank,
+        "world_size": topology.world_size,
+        "node_rank": topology.node_rank,
+        "launcher": topology.launcher,
+        "pid": os.getpid(),
+        "host": clean(socket.gethostname()),
+    }
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def capture(
+    reason: str,
+    detail: str = "",
+    *,
+    skip_threads: Iterable[int] = (),
+    budget: float = TIME_BUDGET,
+) -> dict[str, Any]:
+    """Take the stacks of every thread of this process, the main thread first.
+
+    ``reason`` says why (``stall``, ``signal``, ``request``); ``skip_threads`` are thread
+    idents left out (the caller's own watchdog thread). Never raises for a value that cannot
+    be shown; spends at most about ``budget`` seconds on values.
+    """
+    deadline = time.monotonic() + budget
+    skip = set(skip_threads)
+    names = {thread.ident: thread for thread in threading.enumerate()}
+    main_ident = threading.main_thread().ident
+    frames = sys._current_frames()
+    threads = []
+    order = sorted(frames, key=lambda ident: (ident != main_ident, ident))
+    for ident in order:
+        thread = names.get(ident)
+        if ident in skip or (thread is not None and thread.name.startswith("amldbg-")):
+            continue  # amldbg's own watchdog and trigger threads
+        threads.append({
+            "name": clean(thread.name if thread is not None else f"thread {ident}")[:100],
+            "ident": ident,
+            "main": ident == main_ident,
+            "daemon": bool(thread.daemon) if thread is not None else None,
+            "frames": frames_of(frames[ident], deadline),
+        })
+    dump = {
+        "amldbg_stacks": DUMP_FORMAT,
+        "reason": reason,
+        "detail": clean(mask_text(detail))[:500],
+        "time": _now(),
+        "seq": next(_counter),
+        **_topology_fields(),
+        "threads": threads,
+    }
+    if os.getpid() != _ORIGIN_PID:
+        dump["forked_from"] = _ORIGIN_PID
+    return dump
+
+
+def output_dir() -> str:
+    """Where dumps and crash reports are written: ``$AMLDBG_DIAGNOSTICS_DIR``, else
+    ``outputs/amldbg`` under the working directory."""
+    return os.environ.get(OUTPUT_DIR_ENV) or OUTPUT_DIR
+
+
+def _write_json(path: str, payload: Mapping[str, Any]) -> str | None:
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        temporary = path + ".tmp"
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=1, default=str)
+            handle.write("\n")
+        os.replace(temporary, path)  # a reader never sees half a file
+        return path
+    except Exception as error:
+        announce.warn_once(f"stacks-write:{os.path.dirname(path)}", f"could not write {path}: {error}")
+        return None
+
+
+def frame_label(record: Mapping[str, Any]) -> str:
+    """``train.py:88 in step``: a frame as people read it."""
+    return f"{os.path.basename(str(record.get('file', '?')))}:{record.get('line', '?')} in {record.get('function', '?')}"
+
+
+def innermost_user_frame(frames: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The innermost frame of user code (not the standard library or a package), else the
+    innermost frame."""
+    for record in reversed(frames):
+        if not record.get("library"):
+            return record
+    return frames[-1] if frames else None
+
+
+#: Bytes a pipe writes in one piece (POSIX PIPE_BUF): ranks sharing a stdout (torchrun,
+#: mpiexec) cannot cut into a line this short.
+LINE_LIMIT = 4000
+
+
+def summary_line(dump: Mapping[str, Any], limit: int = LINE_LIMIT) -> str:
+    """The ``amldbg stacks: {json}`` line: the dump without values, for the driver log.
+
+    Kept under ``limit`` bytes when it can be: other threads then keep only their innermost
+    frame, then the main thread its innermost frames (the file has everything).
+    """
+    short = {key: value for key, value in dump.items() if key != "threads"}
+
+    def frames(thread: Mapping[str, Any], keep: int) -> list[list[Any]]:
+        return [
+            [f["file"], f["line"], f["function"]] + ([1] if f.get("library") else [])
+            for f in thread["frames"][-keep:]
+        ] if keep else []
+
+    threads = list(dump.get("threads", []))
+    text = ""
+    for main_keep, other_keep in ((MAX_FRAMES, MAX_FRAMES), (MAX_FRAMES, 1), (8, 0), (3, 0)):
+        short["threads"] = [
+            {
+                "name": thread["name"],
+                "main": thread["main"],
+                "frames": frames(thread, main_keep if thread["main"] else other_keep),
+            }
+            for thread in threads
+        ]
+        text = STACKS_MARKER + json.dumps(short, sort_keys=True, separators=(",", ":"), default=str)
+        if len(text.encode("utf-8", "replace")) <= limit:
+            break
+    return text
+
+
+def format_dump(dump: Mapping[str, Any]) -> list[str]:
+    """The readable lines of a dump (innermost frame last, as Python prints tracebacks)."""
+    who = f"[rank {dump.get('rank', 0)}] "
+    lines = []
+    for thread in dump.get("threads", []):
+        tag = " (main thread)" if thread.get("main") else (" (daemon)" if thread.get("daemon") else "")
+        lines.append(f"{who}thread {thread.get('name')!s}{tag}, most recent call last:")
+        for record in thread.get("frames", []):
+            lines.append(f"{who}  File \"{record['file']}\", line {record['line']}, in {record['function']}")
+            if record.get("code"):
+                lines.append(f"{who}    {record['code']}")
+            for name, value in (record.get("locals") or {}).items():
+                lines.append(f"{who}      {name} = {value}")
+    return lines
+
+
+def write_dump(
+    reason: str,
+    detail: str = "",
+    *,
+    skip_threads: Iterable[int] = (),
+    log: bool = True,
+    directory: str | None = None,
+) -> str | None:
+    """Capture the stacks and write them to the driver log and a JSON file; return its path.
+
+    Never raises: a failure is one warning line. Dumps of one process are serialised, so
+    two triggers at once write two whole dumps.
+    """
+    try:
+        with _write_lock:
+            dump = capture(reason, detail, skip_threads=skip_threads)
+            directory = directory or output_dir()
+            name = f"stacks-rank{dump['rank']}-pid{dump['pid']}-{dump['seq']}.json"
+            path = _write_json(os.path.join(directory, name), dump)
+            dump_file = path or ""
+            if log:
+                main = next((t for t in dump["threads"] if t["main"]), None)
+                where = innermost_user_frame(main["frames"]) if main else None
+                at = f" at {frame_label(where)}" if where else ""
+                place = f"; written to {dump_file}" if dump_file else ""
+                text = f": {dump['detail']}" if dump["detail"] else ""
+                announce.info(
+                    f"stacks of rank {dump['rank']} (pid {dump['pid']}), {reason}{text}; "
+                    f"main thread{at}{place}"
+                )
+                # One write per line: ranks sharing a stdout may interleave lines, not cut
+                # into them; every readable line names its rank.
+                announce.say(summary_line({**dump, "file": dump_file}))
+                for text_line in format_dump(dump):
+                    announce.say(announce.PREFIX + text_line[:LINE_LIMIT])
+            return path
+    except Exception as error:  # a dump must never stop the script it describes
+        announce.warn_once(f"stacks:{type(error).__name__}", f"could not dump the stacks: {error}")
+        return None
+
+
+# -- crash reports ----------------------------------------------------------------------------
+def _environment_summary() -> dict[str, Any]:
+    try:
+        from amldbg.diagnostics import envsnap
+
+        snapshot = envsnap.env_snapshot(gpu=False, record_imports=False)
+        return {
+            "summary": envsnap.summary(snapshot),
+            "python": snapshot.get("python"),
+            "platform": snapshot.get("platform"),
+            "azureml": snapshot.get("azureml"),
+            "env": snapshot.get("env"),
+        }
+    except Exception as error:
+        return {"error": clean(str(error))[:200]}
+
+
+def masked_argv(argv: Sequence[str]) -> list[str]:
+    """``argv`` with the values of secret-looking options hidden (``--api_key X``,
+    ``--token=X``) and credential-like values masked."""
+    shown: list[str] = []
+    hide_next = False
+    for arg in map(str, argv):
+        if hide_next:
+            shown.append(HIDDEN)
+            hide_next = False
+            continue
+        if arg.startswith("-"):
+            name, equals, _ = arg.partition("=")
+            if is_secret_name(name.lstrip("-")):
+                if equals:
+                    shown.append(name + "=" + HIDDEN)
+                else:
+                    shown.append(arg)
+                    hide_next = True
+                continue
+        shown.append(clean(mask_text(arg))[:200])
+    return shown
+
+
+def _exception_text(exc: BaseException) -> str:
+    try:
+        text = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
+    except Exception:
+        text = type(exc).__name__
+    if len(text) > 500:
+        text = text[:497] + "..."
+    return clean(mask_text(text))
+
+
+def write_crash_report(
+    exc_type: type[BaseException],
+    exc: BaseException,
+    tb: TracebackType | None,
+    where: str = "the main thread",
+    *,
+    directory: str | None = None,
+    environment_summary: Callable[[], dict[str, Any]] = _environment_summary,
+) -> str | None:
+    """Write ``crash-rank<R>-pid<P>.json`` for an uncaught exception; return its path.
+
+    The report holds the exception (masked, bounded), the traceback outermost first with
+    each frame's local values, the exceptions it was raised from or during, the topology
+    and an environment summary. One ``amldbg crash: {json}`` line in the driver log names
+    the file. Never raises.
+    """
+    try:
+        deadline = time.monotonic() + TIME_BUDGET
+        chain: list[dict[str, Any]] = []
+        seen = {id(exc)}
+        cause = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+        while cause is not None and id(cause) not in seen and len(chain) < 5:
+            seen.add(id(cause))
+            chain.append({
+                "exception": _exception_text(cause),
+                "frames": traceback_frames(cause.__traceback__, deadline),
+            })
+            cause = cause.__cause__ or (None if cause.__suppress_context__ else cause.__context__)
+        frames = traceback_frames(tb, deadline)
+        report = {
+            "amldbg_crash": DUMP_FORMAT,
+            "exception": _exception_text(exc),
+            "type": clean(f"{exc_type.__module__}.{exc_type.__qualname__}"),
+            "where": clean(where),
+            "time": _now(),
+            **_topology_fields(),
+            "argv": masked_argv(sys.argv[:50]),
+            "cwd": clean(os.getcwd()),
+            "frames": frames,
+            "chain": chain,
+            "environment": environment_summary(),
+        }
+        directory = directory or output_dir()
+        base = f"crash-rank{report['rank']}-pid{report['pid']}"
+        path = os.path.join(directory, base + ".json")
+        count = 1
+        while os.path.exists(path):
+            count += 1
+            path = os.path.join(directory, f"{base}-{count}.json")
+        written = _write_json(path, report)
+        if written is None:
+            return None
+        top = innermost_user_frame(frames)
+        announce.say(CRASH_MARKER + json.dumps({
+            "amldbg_crash": DUMP_FORMAT, "rank": report["rank"], "pid": report["pid"], "host": report["host"],
+            "exception": report["exception"], "frame": frame_label(top) if top else None,
+            "file": written, "time": report["time"], "where": report["where"],
+        }, sort_keys=True))
+        return written
+    except Exception as error:
+        announce.warn(f"could not write the crash report: {error}")
+        return None
+
+
+_REPORTED_ATTR = "__amldbg_crash_report__"
+_reported_ids: set[int] = set()
+
+
+def write_crash_report_once(
+    exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None, where: str
+) -> str | None:
+    """:func:`write_crash_report`, unless this exception already has a report."""
+    if getattr(exc, _REPORTED_ATTR, False) or id(exc) in _reported_ids:
+        return None
+    try:
+        setattr(exc, _REPORTED_ATTR, True)
+    except Exception:  # an exception type with __slots__
+        _reported_ids.add(id(exc))
+    return write_crash_report(exc_type, exc, tb, where)
+
+
+_hooks_lock = threading.Lock()
+_crash_hooks: tuple[Any, Any] | None = None
+
+
+def install_crash_hooks() -> None:
+    """Write a crash report for uncaught exceptions of this process (main thread and other
+    threads), then run the hooks that were there before: the printed traceback and the exit
+    code stay as they were. Used on ranks that do not debug; idempotent."""
+    global _crash_hooks
+    with _hooks_lock:
+        if _crash_hooks is not None:
+            return
+        previous_hook = sys.excepthook
+        previous_threading_hook = threading.excepthook
+
+        def excepthook(
+            exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
+        ) -> None:
+            try:
+                if tb is not None and not issubclass(exc_type, (KeyboardInterrupt, SystemExit)):
+                    write_crash_report_once(exc_type, exc, tb, "the main thread")
+            finally:
+                previous_hook(exc_type, exc, tb)
+
+        def threading_excepthook(args: Any) -> None:
+            try:
+                if args.exc_value is not None and args.exc_traceback is not None and not issubclass(
+                    args.exc_type, (KeyboardInterrupt, SystemExit)
+                ):
+                    name = getattr(args.thread, "name", "a thread")
+                    write_crash_report_once(
+                        args.exc_type, args.exc_value, args.exc_traceback, f"thread {name!r}"
+                    )
+            finally:
+                previous_threading_hook(args)
+
+        sys.excepthook = excepthook
+        threading.excepthook = threading_excepthook
+        _crash_hooks = (excepthook, threading_excepthook)
