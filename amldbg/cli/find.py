@@ -29,7 +29,12 @@ def _say(prog: str, message: str) -> None:
 
 
 def scan(logs: Sequence[str], stdin: TextIO, prog: str = "amldbg find") -> Any:
-    """The endpoints announced in ``logs`` (files, folders, ``-`` for ``stdin``).
+    """The endpoints announced in ``logs`` (files, folders, ``-`` for ``stdin``)."""
+    return scan_logs(logs, stdin, prog).endpoints()
+
+
+def scan_logs(logs: Sequence[str], stdin: TextIO, prog: str = "amldbg find") -> Any:
+    """The :class:`~amldbg.cli.log_scan.Scanner` that read ``logs`` (files, folders, ``-``).
 
     A file that cannot be read is reported on stderr and skipped, and so are the damaged
     records inside a log; :class:`CliError` (exit 2) when a named path does not exist, or
@@ -68,7 +73,7 @@ def scan(logs: Sequence[str], stdin: TextIO, prog: str = "amldbg find") -> Any:
         first = unreadable[0]
         raise CliError(f"cannot read {first.path}: {first.reason}")
     for place in scanner.skipped:
-        _say(prog, f"skipped a damaged 'amldbg endpoint:' line at {place}")
+        _say(prog, f"skipped a damaged 'amldbg endpoint:' or 'amldbg crash:' line at {place}")
     if scanner.damaged > len(scanner.skipped):
         more = scanner.damaged - len(scanner.skipped)
         _say(prog, f"skipped {more} more damaged 'amldbg endpoint:' line{'s' if more != 1 else ''}")
@@ -80,18 +85,27 @@ def scan(logs: Sequence[str], stdin: TextIO, prog: str = "amldbg find") -> Any:
         )
     if scanner.dropped:
         _say(prog, f"more than {log_scan.MAX_ENDPOINTS} endpoints; {scanner.dropped} left out")
-    return scanner.endpoints()
+    return scanner
 
 
 def cmd_find(args: argparse.Namespace, out: TextIO) -> int:
-    """List the debug endpoints announced in the logs."""
-    endpoints = scan(args.logs, sys.stdin)
+    """List the debug endpoints (and crash reports) announced in the logs."""
+    scanner = scan_logs(args.logs, sys.stdin)
+    endpoints = scanner.endpoints()
+    crashes = scanner.crashes
     if args.json:
         # json.dumps escapes every control character and lone surrogate (ensure_ascii).
+        # The list keeps its shape (endpoints only); `amldbg stacks --json` lists crashes.
         out.write(json.dumps([e.to_dict() for e in endpoints], indent=2) + "\n")
         return EXIT_OK if endpoints else EXIT_NEGATIVE
-    if not endpoints:
+    if not endpoints and not crashes:
         print("amldbg find: no debug endpoint announced in the given logs", file=sys.stderr)
         return EXIT_NEGATIVE
-    out.write(log_scan.format_table(endpoints) + "\n")
+    if endpoints:
+        out.write(log_scan.format_table(endpoints) + "\n")
+    else:
+        print("amldbg find: no debug endpoint announced in the given logs", file=sys.stderr)
+    if crashes:
+        text = log_scan.format_crashes(crashes)
+        out.write("\n".join(printable(line) for line in text.split("\n")) + "\n")
     return EXIT_OK

@@ -41,6 +41,7 @@ from amldbg.cli.common import printable
 from amldbg.core.announce import ENDPOINT_MARKER
 from amldbg.diagnostics import envsnap
 from amldbg.diagnostics.envsnap import LineReader
+from amldbg.diagnostics.stacks import CRASH_MARKER
 
 #: The guide's default debug port, assumed when a log names none.
 GUIDE_DEFAULT_PORT = 5678
@@ -120,6 +121,36 @@ class Endpoint:
         data = dataclasses.asdict(self)
         data["address"] = self.address
         return data
+
+
+@dataclasses.dataclass(frozen=True)
+class Crash:
+    """A crash report announced in a log (``amldbg crash: {json}``, written with
+    ``--remote_debug_post_mortem``)."""
+
+    rank: int | None
+    pid: int | None
+    exception: str
+    frame: str
+    report: str
+    source: str
+    line: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The crash as a JSON-ready mapping."""
+        return dataclasses.asdict(self)
+
+
+def format_crashes(crashes: list[Crash]) -> str:
+    """One line per crash report: rank, pid, exception, innermost user frame, report file."""
+    lines = ["crash reports:"]
+    for crash in crashes:
+        who = f"rank {crash.rank}" if crash.rank is not None else "a process"
+        pid = f" (pid {crash.pid})" if crash.pid is not None else ""
+        where = f" at {crash.frame}" if crash.frame else ""
+        lines.append(f"  {who}{pid}: {crash.exception}{where}: {crash.report or '(no file)'}"
+                     f"  [{crash.source}:{crash.line}]")
+    return "\n".join(lines)
 
 
 @dataclasses.dataclass
@@ -277,6 +308,8 @@ class Scanner:
         self.dropped = 0
         #: How many lines were too long to read whole (see ``LineReader``).
         self.cut_lines = 0
+        #: Crash reports announced by ``amldbg crash: {json}`` lines (see :class:`Crash`).
+        self.crashes: list[Crash] = []
 
     def feed(self, source: str, lines: Iterable[str], rank: int | None = None) -> None:
         """Read the lines of one source (a file name, or ``<stdin>``).
@@ -302,9 +335,37 @@ class Scanner:
             if marker >= 0:
                 self._amldbg_line(source, number, line[marker + len(ENDPOINT_MARKER):], stream)
                 continue
+            marker = line.find(CRASH_MARKER)
+            if marker >= 0:
+                self._crash_line(source, number, line[marker + len(CRASH_MARKER):], stream)
+                continue
             self._guide_line(source, number, line, stream)
         for stream in streams.values():
             self._flush(stream)
+
+    def _crash_line(self, source: str, number: int, text: str, stream: _Stream) -> None:
+        try:
+            fields, _ = json.JSONDecoder().raw_decode(text.strip())
+        except (ValueError, RecursionError):
+            fields = None
+        if not isinstance(fields, dict) or len(self.crashes) >= MAX_ENDPOINTS:
+            self._skip(source, number)
+            return
+        try:
+            rank = _int(fields.get("rank"))
+            crash = Crash(
+                rank=rank if rank is not None else stream.rank,
+                pid=_int(fields.get("pid")),
+                exception=_text(fields.get("exception")) or "",
+                frame=_text(fields.get("frame")) or "",
+                report=_text(fields.get("file")) or "",
+                source=source,
+                line=number,
+            )
+        except _Damaged:
+            self._skip(source, number)
+            return
+        self.crashes.append(crash)
 
     def _skip(self, source: str, number: int) -> None:
         self.damaged += 1

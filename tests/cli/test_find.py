@@ -146,7 +146,7 @@ def test_damaged_endpoint_line_is_reported_and_skipped(tmp_path: Path) -> None:
     done = amldbg("find", "--json", str(log))
     assert done.returncode == 0
     assert [e["host"] for e in json.loads(done.stdout)] == ["203.0.113.7"]
-    assert done.stderr.strip() == f"amldbg find: skipped a damaged 'amldbg endpoint:' line at {log}:1"
+    assert done.stderr.strip() == f"amldbg find: skipped a damaged 'amldbg endpoint:' or 'amldbg crash:' line at {log}:1"
 
 
 @pytest.mark.parametrize(
@@ -247,3 +247,22 @@ def test_launch_config_from_a_v2_job_folder(tmp_path: Path) -> None:
     assert document["compounds"][0]["configurations"] == list(entries)
     parallel = json.loads(amldbg("launch-config", "--from-log", "v2_parallel").stdout)
     assert sorted(e["connect"]["host"] for e in parallel["configurations"]) == ["10.0.0.4", "10.0.0.5", "10.0.0.6"]
+
+
+def test_crash_reports_announced_in_a_log_are_listed(tmp_path: Path) -> None:
+    log = tmp_path / "user_logs" / "std_log_process_03.txt"
+    log.parent.mkdir()
+    log.write_text(
+        "step 1\n"
+        'amldbg crash: {"amldbg_crash": 1, "pid": 4242, "exception": "ValueError: bad shard\\u001b[31m", '
+        '"frame": "train.py:47 in wait_for_shard", "file": "outputs/amldbg/crash-rank3-pid4242.json"}\n'
+        'amldbg crash: {"rank": [\n'
+    )
+    done = amldbg("find", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "crash reports:" in done.stdout
+    # The rank comes from the file name; the escape sequence is printed escaped.
+    assert ("rank 3 (pid 4242): ValueError: bad shard\\x1b[31m at train.py:47 in wait_for_shard: "
+            "outputs/amldbg/crash-rank3-pid4242.json") in done.stdout
+    assert "\x1b" not in done.stdout
+    assert "skipped a damaged" in done.stderr

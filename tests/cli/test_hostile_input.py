@@ -85,7 +85,7 @@ def test_a_damaged_record_is_skipped_and_counted(tmp_path: Path, name: str, bad:
     assert done.returncode == 0, text(done.stderr)
     assert [e["host"] for e in json.loads(done.stdout)] == ["10.0.0.1"]
     assert text(done.stderr).splitlines() == [
-        f"amldbg find: skipped a damaged 'amldbg endpoint:' line at {log}:1"
+        f"amldbg find: skipped a damaged 'amldbg endpoint:' or 'amldbg crash:' line at {log}:1"
     ]
 
 
