@@ -43,6 +43,7 @@ from amldbg.core import environment, secrets
 from amldbg.core import settings as core_settings
 from amldbg.core.guard import describe
 from amldbg.debugger.start import PORT_ATTEMPTS
+from amldbg.diagnostics import envsnap
 from amldbg.logs import connection
 from amldbg.logs import settings as log_settings
 
@@ -162,16 +163,6 @@ def _importable(module: str) -> bool:
         return False
 
 
-def _release(version: str) -> tuple[int, ...]:
-    parts = []
-    for part in version.split("."):
-        digits = "".join(ch for ch in part if ch.isdigit()) if part[:1].isdigit() else ""
-        if not digits:
-            break
-        parts.append(int(digits))
-    return tuple(parts)
-
-
 def check_python() -> Check:
     """The interpreter that runs amldbg (always passes; says which)."""
     return Check("python", True, f"{platform.python_version()} at {sys.executable}")
@@ -182,7 +173,7 @@ def check_debugpy() -> Check:
     if not _importable("debugpy"):
         return Check("debugpy", False, "not installed: pip install 'amldbg[debug]' (or debugpy)")
     version = _version_of("debugpy") or "unknown version"
-    release = _release(version)
+    release = envsnap.release(version)
     if release and release < MIN_DEBUGPY:
         wanted = ".".join(map(str, MIN_DEBUGPY))
         return Check("debugpy", False, f"{version} is older than {wanted}: pip install -U debugpy")

@@ -6,8 +6,7 @@ and block-buffered, and the guides' users read the driver log (``70_driver_log.t
 
 Besides the guides' own lines (``Timeout for debug connection: N``, ``ip_address: A``,
 ``Debugger attached = True``), each state change of a debug endpoint is written once as a
-machine-readable line, ``amldbg endpoint: {json}``, whose keys are listed in
-:data:`ENDPOINT_KEYS`.
+machine-readable line, ``amldbg endpoint: {json}`` (:func:`endpoint`).
 """
 
 from __future__ import annotations
@@ -22,13 +21,9 @@ from amldbg.core import secrets
 PREFIX = "amldbg: "
 ENDPOINT_MARKER = "amldbg endpoint: "
 
-#: Keys of the JSON object on an ``amldbg endpoint:`` line.
-#: ``state`` is one of ``waiting``, ``attached``, ``not-attached``, ``listening`` (timeout 0),
-#: ``failed``; ``mode`` is ``listen``, ``connect`` (reverse connect) or ``reused``.
-ENDPOINT_KEYS = (
-    "state", "mode", "host", "port", "bind", "rank", "local_rank", "world_size", "pid",
-    "timeout", "cwd", "worker",
-)
+def seconds(value: float) -> float | int:
+    """``300`` for ``300.0``, ``2.5`` for ``2.5``: how amldbg's lines show a number of seconds."""
+    return int(value) if float(value).is_integer() else value
 
 
 def say(line: str) -> None:
@@ -86,5 +81,11 @@ def forget_warnings() -> None:
 
 
 def endpoint(**fields: Any) -> None:
-    """Write the machine-readable ``amldbg endpoint: {...}`` line for a debug endpoint."""
+    """Write the machine-readable ``amldbg endpoint: {...}`` line for a debug endpoint.
+
+    The keys ``amldbg find`` reads: ``state`` (``waiting``, ``attached``, ``not-attached``,
+    ``listening`` for timeout 0, ``failed``), ``mode`` (``listen``, ``connect`` for reverse
+    connect, ``reused``), ``host``, ``port``, ``bind``, ``rank``, ``local_rank``,
+    ``world_size``, ``pid``, ``timeout``, ``cwd`` and, in an inference server, ``worker``.
+    """
     say(ENDPOINT_MARKER + json.dumps(fields, sort_keys=True, default=str))

@@ -142,9 +142,8 @@ def existing_debugger() -> bool:
     return _global_debugger() is not None and not inherited_debugger()
 
 
-def seconds(value: float) -> float | int:
-    """``300`` for ``300.0``, ``2.5`` for ``2.5``: how the guides' lines show a timeout."""
-    return int(value) if float(value).is_integer() else value
+#: ``300`` for ``300.0``: how the guides' lines show a timeout (one rule for every line).
+seconds = announce.seconds
 
 
 def say_attached(attached: bool) -> None:

@@ -520,14 +520,15 @@ class Difference:
         return dataclasses.asdict(self)
 
 
-def _release(version: str) -> tuple[int, ...]:
+def release(version: str) -> tuple[int, ...]:
+    """The numeric release of a version string: ``(1, 8, 22)`` for ``"1.8.22"`` or ``"v1.8.22rc1"``."""
     found = re.match(r"\s*v?(\d+(?:\.\d+)*)", version)
     return tuple(int(part) for part in found.group(1).split(".")) if found else ()
 
 
 def version_change(a: str, b: str) -> str:
     """How far apart two versions are: ``major``, ``minor``, ``patch`` or ``other``."""
-    left, right = _release(a), _release(b)
+    left, right = release(a), release(b)
     if not left or not right:
         return "other"
     for index, label in enumerate(("major", "minor", "patch")):

@@ -130,7 +130,7 @@ class _Watchdog(threading.Thread):
                 self.last_report = stacks.write_dump(
                     "stall",
                     f"no progress in the main thread for {now - changed_at:.0f} s "
-                    f"(--remote_debug_stall_timeout {_seconds(self.timeout)})",
+                    f"(--remote_debug_stall_timeout {announce.seconds(self.timeout)})",
                     skip_threads=(threading.get_ident(),),
                 )
                 # Writing took a moment; the stack is compared with the one before it.
@@ -169,10 +169,6 @@ def _debugger_attached() -> bool:
         return False
 
 
-def _seconds(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else str(value)
-
-
 def arm(timeout: float, *, interval: float | None = None) -> bool:
     """Start the stall watchdog of this process with ``timeout`` seconds; True when it runs.
 
@@ -202,7 +198,7 @@ def arm(timeout: float, *, interval: float | None = None) -> bool:
         topology = environment.topology()
         announce.info(
             f"stall report armed on rank {topology.rank} (pid {os.getpid()}): the stacks are "
-            f"written when the main thread makes no progress for {_seconds(timeout)} s"
+            f"written when the main thread makes no progress for {announce.seconds(timeout)} s"
         )
         return True
     except Exception as error:
