@@ -188,3 +188,15 @@ def reap_debug_adapters(ports: Sequence[int], grace: float = 1.0) -> None:
                     os.kill(pid, signal.SIGKILL)
             return
         time.sleep(0.2)
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True when ``host:port`` can be bound right now."""
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True

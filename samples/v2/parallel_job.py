@@ -95,12 +95,10 @@ def build(wheel: str | None = None, ssh_public_key: str | None = None) -> Any:
 
 def submit(ml_client: Any, job: Any) -> None:
     """Submit the pipeline and print where to look."""
-    created = ml_client.jobs.create_or_update(job)
-    print("submitted:", created.name, created.studio_url)
-    print("process 0 of node 0 waits up to 120 s in init(): attach to the address its")
-    print("logs/user/.../Process-*.txt (and std_log) show, on port 5678, or forward it:")
-    for line in shared.port_forward_commands(COMPUTE_NAME):
-        print("  " + line)
+    shared.submit_job(ml_client, job, COMPUTE_NAME, (
+        "process 0 of node 0 waits up to 120 s in init(): attach to the address its",
+        "logs/user/.../Process-*.txt (and std_log) show, on port 5678, or forward it:",
+    ))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -72,12 +72,10 @@ def build(wheel: str | None = None, ssh_public_key: str | None = None) -> Any:
 
 def submit(ml_client: Any, job: Any) -> None:
     """Submit the pipeline and print where to look."""
-    created = ml_client.jobs.create_or_update(job)
-    print("submitted:", created.name, created.studio_url)
-    print("open the train step in Studio; when its std_log.txt says it waits for a debugger,")
-    print("open its VS Code service and attach to localhost:5678 there, or forward the port:")
-    for line in shared.port_forward_commands(COMPUTE_NAME):
-        print("  " + line)
+    shared.submit_job(ml_client, job, COMPUTE_NAME, (
+        "open the train step in Studio; when its std_log.txt says it waits for a debugger,",
+        "open its VS Code service and attach to localhost:5678 there, or forward the port:",
+    ))
 
 
 def main(argv: list[str] | None = None) -> int:

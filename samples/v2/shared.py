@@ -139,6 +139,16 @@ def port_forward_commands(compute: str, port: int = DEBUG_PORT) -> list[str]:
     ]
 
 
+def submit_job(ml_client: Any, job: Any, compute: str, how_to_attach: Sequence[str]) -> None:
+    """Submit a job, then print where to look and how to reach the debugger on ``compute``."""
+    created = ml_client.jobs.create_or_update(job)
+    print("submitted:", created.name, created.studio_url)
+    for line in how_to_attach:
+        print(line)
+    for line in port_forward_commands(compute):
+        print("  " + line)
+
+
 def dump(entity: Any, out: Any = None) -> None:
     """Print ``entity`` as the YAML ``az ml job create -f`` / ``az ml online-deployment
     create -f`` takes (paths are absolute, so the file works from any directory)."""

@@ -18,7 +18,7 @@ import torch.distributed  # noqa: F401
 
 from conftest import free_port
 from dap_client import DAPClient, DAPError
-from processes import SAMPLES, RunningGroup, child_env
+from processes import SAMPLES, RunningGroup, child_env, port_free
 
 pytestmark = pytest.mark.slow
 
@@ -35,15 +35,6 @@ def free_port_pair() -> int:
         if base < 65535 and all(port_free(p) for p in (base, base + 1)):
             return base
     raise RuntimeError("no two consecutive free ports")
-
-
-def port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def torchrun(tmp_path: Path, *script_args: str) -> RunningGroup:

@@ -11,7 +11,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from typing import Any
 import pytest
 
 from conftest import free_port
-from processes import ROOT, SAMPLES, RunningGroup, child_env, reap_debug_adapters
+from processes import ROOT, SAMPLES, RunningGroup, child_env, port_free, reap_debug_adapters
 
 pytest.importorskip(
     "torch.distributed",
@@ -115,15 +114,6 @@ def debug_base_port() -> int:
         if all(port_free(port) for port in (base, base + 1)):
             return base
     raise RuntimeError("no two consecutive free ports")
-
-
-def port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def test_mpiexec_ranks_ports_and_stall_report(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from processes import Running, child_env  # noqa: E402
+from processes import Running, RunningGroup, child_env  # noqa: E402
 
 #: First lines of every child script: block any connection beyond loopback.
 CHILD_HEADER = f"import sys\nsys.path.insert(0, {str(HERE)!r})\nimport netguard  # noqa\n"
@@ -37,3 +37,14 @@ def start_child(script: Path, unbuffered: bool = True, **env: str) -> Running:
         if name not in env:
             child.pop(name, None)
     return Running([str(script)], env=child, cwd=script.parent)
+
+
+def start_group(script: Path, **env: str) -> RunningGroup:
+    """Like ``start_child``, and every process the script forks is killed and reaped at the end
+    (a child that deadlocks must not outlive the test)."""
+    child = child_env(AMLDBG_NODE_ADDRESS="10.0.0.7", **env)
+    for name in ("APPLICATIONINSIGHTS_CONNECTION_STRING", "MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID",
+                 "RANK", "LOCAL_RANK", "WORLD_SIZE", "AZUREML_RUN_ID", "AZUREML_RUN_TOKEN"):
+        if name not in env:
+            child.pop(name, None)
+    return RunningGroup([str(script)], env=child, cwd=script.parent)

@@ -8,21 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from logs_support import write_child
+from logs_support import start_group, write_child
 
 from amldbg.logs import export as _queue
-from processes import RunningGroup, child_env
-
-
-def start_group(script: Path, **env: str) -> RunningGroup:
-    """Like ``start_child``, and every process the script forks is killed and reaped at the end
-    (a child that deadlocks must not outlive the test)."""
-    child = child_env(AMLDBG_NODE_ADDRESS="10.0.0.7", **env)
-    for name in ("APPLICATIONINSIGHTS_CONNECTION_STRING", "MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID",
-                 "RANK", "LOCAL_RANK", "WORLD_SIZE", "AZUREML_RUN_ID", "AZUREML_RUN_TOKEN"):
-        if name not in env:
-            child.pop(name, None)
-    return RunningGroup([str(script)], env=child, cwd=script.parent)
 
 
 class GateSink(_queue.Sink):

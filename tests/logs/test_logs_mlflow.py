@@ -12,22 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ingestion_server import IngestionServer, message
-from logs_support import start_child, write_child
+from logs_support import start_child, start_group, write_child
 from mlflow_server import MlflowServer
-
-from processes import RunningGroup, child_env
-
-
-def start_group(script: Path, **env: str) -> RunningGroup:
-    """Like ``start_child``, and every process the script forks is killed and reaped at the end
-    (a child that deadlocks must not outlive the test)."""
-    child = child_env(AMLDBG_NODE_ADDRESS="10.0.0.7", **env)
-    for name in ("APPLICATIONINSIGHTS_CONNECTION_STRING", "MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID",
-                 "RANK", "LOCAL_RANK", "WORLD_SIZE", "AZUREML_RUN_ID", "AZUREML_RUN_TOKEN"):
-        if name not in env:
-            child.pop(name, None)
-    return RunningGroup([str(script)], env=child, cwd=script.parent)
-
 
 #: Waits until the server has seen ``count`` metric requests (so one is in flight).
 WAIT_FOR_REQUEST = """
