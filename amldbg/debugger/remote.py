@@ -20,7 +20,7 @@ from typing import Any
 
 from amldbg.core import announce, environment
 from amldbg.core import settings as settings_module
-from amldbg.core.guard import describe
+from amldbg.core.guard import describe, guard
 from amldbg.core.settings import DebugSettings
 from amldbg.debugger import breakpoints, postmortem, start, watchdogs
 from amldbg.debugger.session import DISABLED, PROGRESS_INTERVAL, DebugSession
@@ -125,25 +125,19 @@ def _arm_diagnostics(
 ) -> None:
     """Arm the stall report and the on-demand triggers; a failure is one warning line."""
     if arm_stall and settings.remote_debug_stall_timeout > 0:
-        try:
+        with guard("the stall report is off"):
             from amldbg.diagnostics import stall
 
             stall.arm(settings.remote_debug_stall_timeout)
-        except Exception as error:
-            announce.warn(f"the stall report is off: {describe(error)}")
     if arm_on_demand and settings.remote_debug_on_demand:
-        try:
+        with guard("on-demand triggers are off"):
             from amldbg.debugger import on_demand as triggers
 
             triggers.arm(settings, topology)
-        except Exception as error:
-            announce.warn(f"on-demand triggers are off: {describe(error)}")
 
 
 def _arm_crash_reports() -> None:
-    try:
+    with guard("crash reports are off"):
         from amldbg.diagnostics import stacks
 
         stacks.install_crash_hooks()
-    except Exception as error:
-        announce.warn(f"crash reports are off: {describe(error)}")
