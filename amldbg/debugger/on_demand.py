@@ -198,7 +198,10 @@ def _act(number: int) -> None:
         name = _signals().get(number, str(number))
         if name == "SIGUSR1":
             stacks.write_dump(
-                "signal", "SIGUSR1 (on demand)", skip_threads=_own_threads()
+                "signal", "SIGUSR1 (on demand)", skip_threads=_own_threads(),
+                # The main thread may be inside _handler right now (Python runs it there when
+                # the signal interrupts a blocking call): show the frame it interrupted.
+                skip_code=(_handler.__code__, _act.__code__),
             )
         elif name == "SIGUSR2":
             _start_debugger()

@@ -38,7 +38,7 @@ import sysconfig
 import threading
 import time
 import types
-from types import FrameType, TracebackType
+from types import CodeType, FrameType, TracebackType
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from amldbg.core import announce, environment
@@ -330,21 +330,32 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
 
 
+def _below(frame: FrameType | None, own_code: set[CodeType]) -> FrameType | None:
+    """``frame``, or its first caller that does not run one of ``own_code``."""
+    while frame is not None and frame.f_code in own_code:
+        frame = frame.f_back
+    return frame
+
+
 def capture(
     reason: str,
     detail: str = "",
     *,
     skip_threads: Iterable[int] = (),
+    skip_code: Iterable[CodeType] = (),
     budget: float = TIME_BUDGET,
 ) -> dict[str, Any]:
     """Take the stacks of every thread of this process, the main thread first.
 
     ``reason`` says why (``stall``, ``signal``, ``request``); ``skip_threads`` are thread
-    idents left out (the caller's own watchdog thread). Never raises for a value that cannot
-    be shown; spends at most about ``budget`` seconds on values.
+    idents left out (the caller's own watchdog thread); frames running one of ``skip_code``
+    at the top of a stack (amldbg's own signal handler, which interrupts the main thread)
+    are left out, so the innermost frame shown is the one the thread was in. Never raises
+    for a value that cannot be shown; spends at most about ``budget`` seconds on values.
     """
     deadline = time.monotonic() + budget
     skip = set(skip_threads)
+    own_code = set(skip_code)
     names = {thread.ident: thread for thread in threading.enumerate()}
     main_ident = threading.main_thread().ident
     frames = sys._current_frames()
@@ -359,7 +370,7 @@ def capture(
             "ident": ident,
             "main": ident == main_ident,
             "daemon": bool(thread.daemon) if thread is not None else None,
-            "frames": frames_of(frames[ident], deadline),
+            "frames": frames_of(_below(frames[ident], own_code), deadline),
         })
     dump = {
         "amldbg_stacks": DUMP_FORMAT,
@@ -466,6 +477,7 @@ def write_dump(
     detail: str = "",
     *,
     skip_threads: Iterable[int] = (),
+    skip_code: Iterable[CodeType] = (),
     log: bool = True,
     directory: str | None = None,
 ) -> str | None:
@@ -476,7 +488,7 @@ def write_dump(
     """
     try:
         with _write_lock:
-            dump = capture(reason, detail, skip_threads=skip_threads)
+            dump = capture(reason, detail, skip_threads=skip_threads, skip_code=skip_code)
             directory = directory or output_dir()
             name = f"stacks-rank{dump['rank']}-pid{dump['pid']}-{dump['seq']}.json"
             path = _write_json(os.path.join(directory, name), dump)

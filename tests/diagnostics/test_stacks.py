@@ -159,3 +159,23 @@ def test_the_log_line_fits_in_one_pipe_write_however_many_threads() -> None:
     parsed = json.loads(line[len(stacks.STACKS_MARKER):])
     assert parsed["threads"][0]["main"] and parsed["threads"][0]["frames"]
     assert len(parsed["threads"]) == 60
+
+
+def test_a_dump_taken_inside_amldbgs_own_handler_shows_the_interrupted_frame() -> None:
+    # A signal that interrupts a blocking call runs amldbg's Python handler on the main
+    # thread; a dump taken then must show the user's frame, not the handler's.
+    from amldbg.diagnostics import stacks
+
+    def handler() -> dict:
+        # Here the capture runs on the interrupted thread itself, so its own frame is
+        # skipped too; on_demand captures from its reader thread, which is left out.
+        return stacks.capture("signal", skip_code=(handler.__code__, stacks.capture.__code__))
+
+    def wait_for_go() -> dict:
+        return handler()
+
+    dump = wait_for_go()
+    main = next(thread for thread in dump["threads"] if thread["main"])
+    assert main["frames"][-1]["function"].endswith("wait_for_go")
+    # Without skip_code the innermost frame is where the capture was taken.
+    assert stacks.capture("signal")["threads"][0]["frames"][-1]["function"] == "capture"
