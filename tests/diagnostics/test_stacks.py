@@ -80,7 +80,8 @@ def test_dump_shows_every_thread_with_bounded_masked_values(
 
 
 def test_tensors_are_described_without_their_repr() -> None:
-    torch = pytest.importorskip("torch")
+    import torch  # the test extra installs it: missing is a failure, not a skip
+
     text = stacks.safe_repr(torch.zeros(3, 4))
     assert text == "<Tensor shape=(3, 4) dtype=torch.float32 device=cpu>"
 

@@ -13,7 +13,8 @@ import sys
 from typing import Any
 
 # The machine's own name resolves from /etc/hosts; amldbg looks it up for the node address.
-_LOCAL = ("127.", "::1", "localhost", "0.0.0.0", socket.gethostname())
+# 0.0.0.0 is not allowed: tests connect to loopback addresses only.
+_LOCAL = ("127.", "::1", "localhost", socket.gethostname())
 
 
 def _is_local(host: Any) -> bool:
