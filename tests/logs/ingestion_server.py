@@ -20,14 +20,15 @@ import argparse
 import gzip
 import json
 import socket
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
+from loopback_server import LoopbackServer
 
-class IngestionServer:
+
+class IngestionServer(LoopbackServer):
     """The endpoint; use as a context manager. ``envelopes`` holds every accepted envelope."""
 
     def __init__(self, fail_first: int = 0, fail_status: int = 503, delay: float = 0.0,
@@ -41,14 +42,7 @@ class IngestionServer:
         self.arrival_times: list[float] = []
         self.statuses: list[int] = []
         self.paths: list[str] = []
-        self._lock = threading.Condition()
-        self._stopping = threading.Event()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._server.daemon_threads = True
-        # A client that exits mid-request (the point of several tests) is not an error here.
-        self._server.handle_error = lambda request, address: None  # type: ignore[method-assign]
-        self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever, name="ingestion", daemon=True)
+        super().__init__("ingestion")
 
     @property
     def endpoint(self) -> str:
@@ -59,22 +53,6 @@ class IngestionServer:
     def connection_string(self) -> str:
         """The connection string pointing at this server."""
         return f"InstrumentationKey={self.instrumentation_key};IngestionEndpoint={self.endpoint}"
-
-    def start(self) -> IngestionServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
-
-    def __enter__(self) -> IngestionServer:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
     def wait_for(self, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
         """Wait until at least ``count`` envelopes arrived (or the timeout); return them all."""

@@ -28,18 +28,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from loopback_server import LoopbackServer
 
 PREFIX = "/api/2.0/mlflow/"
 METRIC_ENDPOINTS = ("runs/log-batch", "runs/log-metric")
 
 
-class MlflowServer:
+class MlflowServer(LoopbackServer):
     """The tracking server; use as a context manager. ``metrics`` holds every accepted metric
     as ``(run_id, key, value, step)``."""
 
@@ -54,36 +55,12 @@ class MlflowServer:
         self.requests: list[tuple[str, str, int]] = []  # (method, endpoint, status)
         self.runs: dict[str, dict[str, Any]] = {}
         self.experiments: dict[str, str] = {"Default": "0"}
-        self._lock = threading.Condition()
-        self._stopping = threading.Event()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._server.daemon_threads = True
-        # A client that gives up mid-request (the point of several tests) is not an error here.
-        self._server.handle_error = lambda request, address: None  # type: ignore[method-assign]
-        self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever, name="mlflow-server",
-                                        daemon=True)
+        super().__init__("mlflow-server")
 
     @property
     def uri(self) -> str:
         """The tracking URI (``MLFLOW_TRACKING_URI``) of this server."""
         return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> MlflowServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
-
-    def __enter__(self) -> MlflowServer:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
 
     def add_run(self, experiment_id: str = "0", name: str = "job") -> str:
         """Create a run as Azure ML does before the job starts (``MLFLOW_RUN_ID``); return its id."""
