@@ -89,6 +89,9 @@ def channel_for(connection: ConnectionString, backend: str, settings: LogSetting
         factory=lambda: create_sink(backend, connection, settings),
         maxlen=settings.queue_size,
         request_timeout=10.0,
+        # Building and posting an envelope costs the export thread more of the GIL than
+        # the logging call itself: a burst's export waits until the burst is over.
+        defer_bursts=True,
     )
 
 

@@ -19,6 +19,13 @@ Here:
 * At exit, pending records get a bounded grace period (:data:`~amldbg.logs.settings.DEFAULT_GRACE_PERIOD`
   seconds by default); every request made during it is limited to the time left, so the
   process never hangs.
+* A burst of logging does not pay for its own export while it lasts (:meth:`Exporter._in_burst`):
+  while records keep arriving at :data:`BURST_RATE` per second or faster, a channel made
+  with ``defer_bursts=True`` waits instead of building and sending, for at most
+  :data:`BURST_MAX_DEFER` seconds and only while what waits is under half the queue and can
+  be sent within half the exit grace period at the rate sends were measured to reach. The
+  export work is then done after the burst, when the script no longer competes for the GIL;
+  a flush and the exit never wait for a burst to end.
 * ``fork`` waits at most :data:`FORK_WAIT` seconds, and only while a sink is being built
   (imports in progress), never for a request. The child starts from empty queues and
   builds its own sinks on first use; the parent's pending records stay the parent's.
@@ -47,6 +54,18 @@ MAX_BACKOFF = 30.0
 EXIT_BACKOFF = 0.2
 #: Margin for an export thread to notice the exit deadline once its last request returns.
 JOIN_MARGIN = 0.25
+
+#: Records per second from which arrivals count as a burst whose export waits (a training
+#: loop that logs every step stays far below it; logging then costs a large share of the
+#: caller's time, and the export thread's share of the GIL would come on top of it).
+BURST_RATE = 5_000.0
+#: How often the export thread looks at a burst's queue while its export waits, in seconds.
+BURST_POLL = 0.02
+#: Longest one burst's export waits, in seconds: later records are sent as they come.
+BURST_MAX_DEFER = 2.0
+#: Share of the queue a burst may fill before its export starts regardless: the rest is
+#: headroom for the records that keep coming while the backlog is sent.
+BURST_QUEUE_SHARE = 0.5
 
 #: Identities of the threads that send (export threads and their helper calls): the records
 #: they make are the exporters' own transport messages, never exported or printed.
@@ -117,6 +136,7 @@ class Channel:
         batch_size: int,
         interval: float,
         request_timeout: float,
+        defer_bursts: bool = False,
     ) -> None:
         self.exporter = exporter
         self.generation = exporter.generation
@@ -136,6 +156,14 @@ class Channel:
         self.lost = 0
         self.wakeup = threading.Event()
         self.thread: threading.Thread | None = None
+        self.defer_bursts = defer_bursts
+        #: Records put so far (approximate under concurrent callers; only rates are read).
+        self.arrivals = 0
+        #: When the current burst's export began to wait, and the last look at it.
+        self.burst_since: float | None = None
+        self.burst_seen = (0.0, 0)
+        #: Records per second the sink's sends reached (0 until one was measured).
+        self.send_rate = 0.0
 
     def put(self, item: Any) -> None:
         """Queue one item; never blocks. When the queue is full the oldest item is dropped."""
@@ -145,6 +173,7 @@ class Channel:
             # concurrent callers, which is good enough for a report.
             self.dropped_full += 1
         items.append(item)
+        self.arrivals += 1
         # Wake the export thread when a batch becomes full, not on every later record:
         # while it backs off from a failing endpoint, a wake-up per call would cost the
         # callers the GIL hand-over each time.
@@ -172,6 +201,8 @@ class Exporter:
         self._progress = threading.Condition()
         self._stop_deadline: float | None = None
         self._reported = False
+        #: Flushes in progress: a flush never waits for a burst to end.
+        self._flushing = 0
         # Identities of this exporter's threads while they build a sink (imports in
         # progress); see _before_fork.
         self.building: set[int] = set()
@@ -187,12 +218,18 @@ class Exporter:
         batch_size: int = 512,
         interval: float = 0.5,
         request_timeout: float = 10.0,
+        defer_bursts: bool = False,
     ) -> Channel:
-        """The channel for ``key``, created (and its thread started) on first use."""
+        """The channel for ``key``, created (and its thread started) on first use.
+
+        ``defer_bursts``: while records arrive in a burst, send them after it (see the
+        module's notes); for destinations whose per-record export work is large.
+        """
         with self._lock:
             found = self.channels.get(key)
             if found is None:
-                found = Channel(self, name, factory, maxlen, batch_size, interval, request_timeout)
+                found = Channel(self, name, factory, maxlen, batch_size, interval, request_timeout,
+                                defer_bursts)
                 self.channels[key] = found
                 if self._stop_deadline is None:
                     found.thread = threading.Thread(target=self._run, args=(found,),
@@ -239,17 +276,21 @@ class Exporter:
             # A flush is a reason to try a failing destination again now (once: the
             # back-off applies again after that attempt).
             ch.retry_at = min(ch.retry_at, time.monotonic())
-        self.wake()
-        with self._progress:
-            while True:
-                channels = list(self.channels.values())
-                if all(ch.idle() for ch in channels):
-                    return True
-                left = deadline - time.monotonic()
-                if left <= 0 or not self._alive():
-                    return False
-                self.wake()
-                self._progress.wait(min(left, 0.05))
+        self._flushing += 1
+        try:
+            self.wake()
+            with self._progress:
+                while True:
+                    channels = list(self.channels.values())
+                    if all(ch.idle() for ch in channels):
+                        return True
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not self._alive():
+                        return False
+                    self.wake()
+                    self._progress.wait(min(left, 0.05))
+        finally:
+            self._flushing -= 1
 
     def shutdown(self, grace: float | None = None) -> None:
         """Send what is pending within ``grace`` seconds, close the sinks, report losses."""
@@ -297,6 +338,10 @@ class Exporter:
                 deadline = self._stop_deadline
                 if deadline is not None:
                     ch.retry_at = min(ch.retry_at, time.monotonic() + EXIT_BACKOFF)
+                elif self._in_burst(ch):
+                    ch.wakeup.wait(BURST_POLL)
+                    ch.wakeup.clear()
+                    continue
                 did = False
                 try:
                     did = self._service(ch, deadline)
@@ -325,6 +370,41 @@ class Exporter:
             _export_idents.discard(ident)
             with self._progress:
                 self._progress.notify_all()
+
+    def _in_burst(self, ch: Channel) -> bool:
+        """True while ``ch``'s export should wait for the burst of records to end.
+
+        A burst is a full batch waiting and records still arriving at :data:`BURST_RATE`
+        or more (measured over :data:`BURST_POLL`). Its export waits at most
+        :data:`BURST_MAX_DEFER` seconds, and only while the backlog is under
+        :data:`BURST_QUEUE_SHARE` of the queue and could be sent within half the exit grace
+        period at the measured send rate, so that a script that ends right after its burst
+        still delivers every record in time. Not during a flush, a retry or the exit.
+        """
+        backlog = len(ch.items)
+        now = time.monotonic()
+        arrivals = ch.arrivals
+        # The rate is measured between two looks, whatever the export thread did between
+        # them (a wait, a poll, a send).
+        seen_at, seen = ch.burst_seen
+        ch.burst_seen = (now, arrivals)
+        if (not ch.defer_bursts or self._flushing or ch.sink is None or ch.pending is not None
+                or backlog < ch.batch_size or ch.send_rate <= 0.0):
+            ch.burst_since = None
+            return False
+        if ch.burst_since is None and now - seen_at > 2 * BURST_POLL:
+            # Woken by a full batch after a long wait: the rate since the last look says
+            # nothing about now, so look again after one poll before sending.
+            return True
+        if arrivals - seen < BURST_RATE * max(now - seen_at, 1e-3):
+            ch.burst_since = None
+            return False
+        if ch.burst_since is None:
+            ch.burst_since = now
+        elif now - ch.burst_since > BURST_MAX_DEFER:
+            return False  # over for this burst: burst_since stays until the rate drops
+        limit = min(ch.maxlen * BURST_QUEUE_SHARE, ch.send_rate * self.grace_period * 0.5)
+        return backlog < limit
 
     def _close_sink(self, ch: Channel) -> None:
         if ch.sink is None:
@@ -382,12 +462,18 @@ class Exporter:
         if deadline is not None:
             timeout = max(0.1, min(timeout, deadline - now))
         count = len(ch.pending)
+        started = time.monotonic()
         try:
             result = ch.sink.send(ch.pending, timeout)
         except Exception as error:
             ch.sink.last_error = f"{type(error).__name__}: {error}"
             result = DROP
         if result == OK:
+            took = time.monotonic() - started
+            # Only batches of some size tell the rate: a lone record is all request overhead.
+            if took > 0 and count * 2 >= ch.batch_size:
+                rate = count / took
+                ch.send_rate = rate if ch.send_rate <= 0.0 else 0.7 * ch.send_rate + 0.3 * rate
             ch.pending = None
             ch.backoff = 0.0
             ch.retry_at = 0.0

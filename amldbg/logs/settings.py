@@ -26,7 +26,7 @@ METRIC_DESTINATIONS = ("auto", "azureml", "mlflow", "driver-log")
 
 #: Defaults, documented in the README.
 DEFAULT_GRACE_PERIOD = 3.0
-DEFAULT_QUEUE_SIZE = 20_000
+DEFAULT_QUEUE_SIZE = 40_000
 DEFAULT_BACKEND = "opencensus"
 
 _parse_backend = core_settings.parse_choice(BACKENDS)

@@ -420,3 +420,39 @@ def test_resource_refusing_the_key_is_reported_at_exit_with_what_it_needs(tmp_pa
     assert "3 record(s) were not delivered within the 1 s grace period" in child.output, child.output
     if backend == "otel":
         assert "HTTP 401" in child.output and "Entra ID" in child.output, child.output
+
+
+BURST_SCRIPT = """
+    import time
+    from amldbg.logs import flush_logs, get_logger
+
+    log = get_logger("train", backend=BACKEND)
+    for i in range(600):  # start-up lines: the exporter loads and sends a first full batch
+        log.info("setup %d", i)
+    flush_logs(30)
+    started = time.monotonic()
+    for i in range(COUNT):  # then a burst, and the script ends at once
+        log.info("burst %d", i)
+    print("BURST", started, time.monotonic(), flush=True)
+"""
+
+
+@pytest.mark.parametrize(("backend", "count"), [("opencensus", 15_000), ("otel", 6_000)])
+def test_a_burst_right_before_exit_is_sent_after_it_every_record_once(
+    tmp_path: Path, backend: str, count: int
+) -> None:
+    script = write_child(tmp_path, BURST_SCRIPT.replace("BACKEND", repr(backend)).replace("COUNT", str(count)))
+    with IngestionServer() as server:
+        with start_child(script, APPLICATIONINSIGHTS_CONNECTION_STRING=server.connection_string,
+                         AMLDBG_LOG_GRACE_PERIOD="10") as child:
+            assert child.wait(60) == 0, child.output
+        envelopes = server.wait_for(600 + count, timeout=5)
+        arrivals = list(server.arrival_times)
+    _no_leaks(child.output, server.instrumentation_key)
+    assert "amldbg: warning" not in child.output, child.output
+    burst = [(message(e), at) for e, at in zip(envelopes, arrivals) if message(e).startswith("burst ")]
+    assert Counter(m for m, _ in burst) == Counter(f"burst {i}" for i in range(count)), "every record, once"
+    started, ended = map(float, re.search(r"BURST (\S+) (\S+)", child.output).groups())  # type: ignore[union-attr]
+    during = [m for m, at in burst if started + 0.05 < at < ended]
+    # At most the first batch, sent before the export saw that a burst was on.
+    assert len(during) <= 512, f"{len(during)} records were sent while the burst lasted"

@@ -168,3 +168,110 @@ def test_a_fork_during_an_exporters_import_neither_waits_nor_deadlocks_the_child
     assert lines.count("CHILD FLUSHED True") == 10 and lines.count("CHILD EXIT 0") == 10
     assert "PARENT DONE 10" in lines
     assert not any(line.startswith("SENT parent") for line in lines)
+
+
+class TimedSink(_queue.Sink):
+    """Records when each batch was sent and how many records were still queued then."""
+
+    def __init__(self) -> None:
+        self.channel: _queue.Channel | None = None
+        self.sends: list[tuple[float, int]] = []
+        self.items: list[Any] = []
+
+    def send(self, batch: list[Any], timeout: float) -> str:
+        queued = len(self.channel.items) if self.channel is not None else 0
+        self.sends.append((time.monotonic(), queued + len(batch)))
+        self.items.extend(batch)
+        return _queue.OK
+
+
+def burst_channel(exporter: _queue.Exporter, sink: TimedSink, maxlen: int = 100_000,
+                  batch_size: int = 100, defer_bursts: bool = True) -> _queue.Channel:
+    """A channel as App Insights makes it, after one full batch was sent (so the send rate is known)."""
+    channel = exporter.channel("burst", "Burst sink", lambda: sink, maxlen=maxlen,
+                               batch_size=batch_size, interval=0.05, defer_bursts=defer_bursts)
+    sink.channel = channel
+    for i in range(batch_size):
+        channel.put(("warm-up", i))
+    assert exporter.flush(10)
+    sink.sends.clear()
+    sink.items.clear()
+    return channel
+
+
+def put_records(channel: _queue.Channel, count: int, per_second: float) -> tuple[float, float]:
+    """Put ``count`` records at about ``per_second``; return when it started and ended."""
+    start = time.monotonic()
+    for index in range(count):
+        channel.put(index)
+        if index % 100 == 99:
+            ahead = start + (index + 1) / per_second - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+    return start, time.monotonic()
+
+
+def wait_for_items(sink: TimedSink, count: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(sink.items) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_a_bursts_export_waits_until_it_ends_then_every_record_is_sent_in_order() -> None:
+    exporter = _queue.Exporter(generation=-1)
+    sink = TimedSink()
+    channel = burst_channel(exporter, sink)
+    start, end = put_records(channel, 20_000, per_second=50_000)  # 0.4 s, well over BURST_RATE
+    wait_for_items(sink, 20_000)
+    during = [at for at, _ in sink.sends if start + 0.1 < at < end]
+    assert during == [], f"{len(during)} batches were sent while the burst lasted"
+    assert sink.items == list(range(20_000)), "every record, once, in order, after the burst"
+    assert channel.dropped_full == 0
+    exporter.shutdown(1)
+
+
+def test_records_at_an_ordinary_rate_are_sent_as_they_come() -> None:
+    exporter = _queue.Exporter(generation=-1)
+    sink = TimedSink()
+    channel = burst_channel(exporter, sink, batch_size=50)
+    start, end = put_records(channel, 1_000, per_second=1_000)  # a training loop's pace
+    assert [at for at, _ in sink.sends if at < end - 0.2], "nothing was sent while records came"
+    assert exporter.flush(10) and sink.items == list(range(1_000))
+    exporter.shutdown(1)
+
+
+def test_a_burst_filling_half_the_queue_is_sent_while_it_lasts_and_nothing_is_dropped() -> None:
+    exporter = _queue.Exporter(generation=-1)
+    sink = TimedSink()
+    channel = burst_channel(exporter, sink, maxlen=4_000)
+    start, end = put_records(channel, 12_000, per_second=20_000)  # 0.6 s, three queues' worth
+    assert exporter.flush(10)
+    assert [at for at, _ in sink.sends if start + 0.1 < at < end], "the export waited past half the queue"
+    assert max(queued for _, queued in sink.sends) < 4_000
+    assert channel.dropped_full == 0 and sink.items == list(range(12_000))
+    exporter.shutdown(1)
+
+
+def test_a_long_burst_waits_at_most_the_deferral_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_queue, "BURST_MAX_DEFER", 0.2)
+    exporter = _queue.Exporter(generation=-1)
+    sink = TimedSink()
+    channel = burst_channel(exporter, sink)
+    start, end = put_records(channel, 30_000, per_second=30_000)  # 1 s
+    first = min((at for at, _ in sink.sends), default=end)
+    assert first < end - 0.3, f"first batch {first - start:.2f} s into a {end - start:.2f} s burst"
+    assert exporter.flush(10) and sink.items == list(range(30_000))
+    exporter.shutdown(1)
+
+
+def test_a_flush_or_the_exit_never_waits_for_a_burst_to_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_queue, "BURST_MAX_DEFER", 120.0)
+    exporter = _queue.Exporter(generation=-1)
+    sink = TimedSink()
+    channel = burst_channel(exporter, sink)
+    put_records(channel, 5_000, per_second=100_000)
+    assert exporter.flush(10), "the flush waited for the deferred burst"
+    assert sink.items == list(range(5_000))
+    put_records(channel, 5_000, per_second=100_000)
+    exporter.shutdown(10)
+    assert sink.items == list(range(5_000)) * 2, "the exit sent the deferred burst"

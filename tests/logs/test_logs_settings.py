@@ -80,6 +80,6 @@ def test_settings_from_environment_and_their_repr_hides_the_connection_string() 
         "AMLDBG_LOG_QUEUE_SIZE": "oops",
         "AMLDBG_LOG_ALL_RANKS": "yes",
     })
-    assert (settings.backend, settings.grace_period, settings.queue_size, settings.all_ranks) == ("otel", 1.5, 20_000, True)
+    assert (settings.backend, settings.grace_period, settings.queue_size, settings.all_ranks) == ("otel", 1.5, 40_000, True)
     assert KEY not in repr(settings)
     assert from_environment({}) == LogSettings()
