@@ -276,7 +276,8 @@ class Exporter:
             # A flush is a reason to try a failing destination again now (once: the
             # back-off applies again after that attempt).
             ch.retry_at = min(ch.retry_at, time.monotonic())
-        self._flushing += 1
+        with self._lock:
+            self._flushing += 1
         try:
             self.wake()
             with self._progress:
@@ -290,7 +291,8 @@ class Exporter:
                     self.wake()
                     self._progress.wait(min(left, 0.05))
         finally:
-            self._flushing -= 1
+            with self._lock:
+                self._flushing -= 1
 
     def shutdown(self, grace: float | None = None) -> None:
         """Send what is pending within ``grace`` seconds, close the sinks, report losses."""

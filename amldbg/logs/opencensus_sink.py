@@ -14,7 +14,8 @@ thread, never attached to a logger. Its own traps are worked around here:
 * every request's timeout is the time left when the export thread is at the exit deadline;
 * message envelopes are built directly as plain dicts (:meth:`OpenCensusSink._build`), about
   four times cheaper on the export thread than the handler's ``LogRecord`` → formatter →
-  protocol objects, and checked against the handler's own envelope on every batch.
+  protocol objects, and checked against the handler's own envelope on every batch; the
+  properties that are the same for every record of one logging call site are built once.
 
 OpenCensus was retired in 2024 and its last release is 1.1.15, so the ``appinsights`` extra
 allows ``>=1.1.9,<1.2`` and tests/logs/test_logs_exporter_versions.py runs both ends. The
@@ -29,11 +30,13 @@ import json
 import logging
 from typing import Any
 
-from amldbg.logs import envelopes, export
+from amldbg.logs import context, envelopes, export
 from amldbg.logs.connection import ConnectionString
 
 #: Where a queued record keeps its ``exc_info`` (see :class:`~amldbg.logs.envelopes.Snapshot`).
 _EXC_INFO = envelopes.Snapshot._fields.index("exc_info")
+#: Most call sites whose properties are kept ready (see :meth:`OpenCensusSink._properties`).
+_TEMPLATES = 1024
 
 
 def _as_json(envelope: Any) -> Any:
@@ -71,6 +74,8 @@ class OpenCensusSink(export.Sink):
             self.handler._check_stats_collection = lambda: True  # type: ignore[method-assign,unused-ignore]
         self.handler.setFormatter(logging.Formatter("%(message)s"))
         self._cache = envelopes.CachedEnvelopes()
+        #: Properties per call site and run context (see :meth:`_properties`).
+        self._templates: dict[tuple[Any, ...], tuple[dict[str, str], dict[str, Any]]] = {}
         self._ikey = self.handler.options.instrumentation_key
         try:
             from opencensus.ext.azure.common.utils import timestamp_to_iso_str
@@ -95,14 +100,35 @@ class OpenCensusSink(export.Sink):
     def _official(self, item: Any) -> Any:
         return self.handler.log_record_to_envelope(self._record(item))
 
+    def _properties(self, snap: envelopes.Snapshot) -> dict[str, Any]:
+        """The handler's properties (its own fields, then :func:`~.envelopes.dimensions_for`).
+
+        All but the user's custom dimensions are the same for every record of one logging
+        call site, so they are built once per call site and copied."""
+        run_context = context.context_dimensions()
+        key = (snap.name, snap.module, snap.pathname, snap.lineno, snap.levelname, snap.process,
+               snap.process_name)
+        found = self._templates.get(key)
+        if found is None or found[0] is not run_context:
+            if len(self._templates) >= _TEMPLATES:
+                self._templates.clear()  # call sites beyond this are rare: start over
+            template = {"process": snap.process_name, "module": snap.module,
+                        "fileName": snap.pathname, "lineNumber": snap.lineno,
+                        "level": snap.levelname}
+            template.update(envelopes.dimensions_for(snap._replace(user=None)))
+            found = self._templates[key] = (run_context, template)
+        properties = dict(found[1])
+        user = snap.user
+        if user:
+            for name, value in user.items():
+                properties[str(name)] = value if isinstance(value, str) else str(value)
+        return properties
+
     def _fast(self, item: Any, tags: dict[str, str]) -> dict[str, Any]:
         """The envelope ``log_record_to_envelope`` makes for a record without an exception,
         as plain dicts, without the LogRecord, the formatter and the protocol objects."""
         snap = envelopes.Snapshot._make(item)
-        properties: dict[str, Any] = {"process": snap.process_name, "module": snap.module,
-                                      "fileName": snap.pathname, "lineNumber": snap.lineno,
-                                      "level": snap.levelname}
-        properties.update(envelopes.dimensions_for(snap))
+        properties = self._properties(snap)
         return {
             "iKey": self._ikey, "tags": tags, "time": self._iso(snap.created),
             "name": "Microsoft.ApplicationInsights.Message",

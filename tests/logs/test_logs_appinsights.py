@@ -381,6 +381,19 @@ def test_opencensus_envelopes_built_directly_are_the_handlers_own_and_fail_over_
         assert sum(1 for e in built if type(e) is dict) == 38, "the fast path was used"
         assert [json.loads(json.dumps(e, default=str)) for e in built] == official
 
+        # The same call sites again with other messages and dimensions: the properties kept
+        # per call site must not carry the first records' user dimensions along.
+        again = []
+        for i in range(40):
+            level = (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL)[i % 5]
+            record = logging.LogRecord("direct", level, __file__, 7 + i, "again %s", (i,), None, "fn")
+            user = {"split": "valid", "level": "user's"} if i % 3 == 1 else None
+            again.append(sink_envelopes.snapshot(record, record.getMessage(), user))
+        official = [json.loads(json.dumps(handler.log_record_to_envelope(sink._record(item)), default=str))  # type: ignore[attr-defined]
+                    for item in again]
+        assert [json.loads(json.dumps(e, default=str)) for e in sink._build(again)] == official  # type: ignore[attr-defined]
+        assert sink._fast_ok  # type: ignore[attr-defined]
+
         # A handler whose envelopes differ (another opencensus release): the next batch
         # notices on its first record and every envelope comes from the handler from then on.
         original = handler.log_record_to_envelope
