@@ -4,9 +4,9 @@
    a disabled ``@debug_init`` call.
 2. Requests per second of the real inference server (azmlinfsrv, one gunicorn worker) on
    samples/score.py with and without the decorators (goal: ratio >= 0.98). Both servers run
-   side by side and are measured in interleaved rounds (ABBA order, so a drift of the machine
-   within a round hits both alike); the figure is the median of the per-round ratios, shown
-   with their range and interquartile range. Two ratios per round: the requests per second
+   side by side and, within each round, their requests alternate one by one (ABBA order, so
+   a drift of the machine hits both alike); the figure is the median of the per-round
+   ratios, shown with their range and interquartile range. Two ratios per round: the requests per second
    the client saw (wall clock), and the requests per second one worker can serve, from the
    CPU time the worker process spent per request (read from /proc/PID/task/*/schedstat).
    The second is the headline: on a shared machine other processes stealing the cores move
@@ -34,10 +34,12 @@ import timeit
 import urllib.request
 from pathlib import Path
 
-from _common import ROOT, Ratio, child_env, interleaved, parse_quick, ratio
+from _common import ROOT, Ratio, child_env, parse_quick, ratio
 
 SCORE = ROOT / "samples" / "score.py"
-ENV = child_env()
+# One hash seed for both servers, so that the two processes differ only by the decorators
+# (not by how each laid out its dicts and sets).
+ENV = dict(child_env(), PYTHONHASHSEED="0")
 SERVER = ("import sys\nfrom azureml_inference_server_http import amlserver\n"
           "amlserver.DEFAULT_HOST = '127.0.0.1'\nsys.argv[0] = 'azmlinfsrv'\namlserver.run()\n")
 READY = "ready for serving traffic"
@@ -146,18 +148,14 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / 1e9
 
 
-def requests_per_second(port: int, count: int) -> float:
-    """Requests per second of ``count`` sequential scoring requests."""
-    url = f"http://127.0.0.1:{port}/score"
-    started = time.perf_counter()
-    for _ in range(count):
-        request = urllib.request.Request(url, data=BODY, method="POST",
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            answer.read()
-            if answer.status != 200:
-                raise RuntimeError(f"the server answered {answer.status}")
-    return count / (time.perf_counter() - started)
+def score(port: int) -> None:
+    """One scoring request; raises unless the server answered 200."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/score", data=BODY, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        answer.read()
+        if answer.status != 200:
+            raise RuntimeError(f"the server answered {answer.status}")
 
 
 def quartiles(values: list[float]) -> tuple[float, float]:
@@ -172,38 +170,44 @@ def _measure_pair(
     entries: list[tuple[str, Path]], workdir: str, rounds: int, per_round: int, warm: int,
     rates: dict[str, list[float]], capacity: dict[str, list[float]],
 ) -> None:
-    """Start a server per entry (in this order), measure them in interleaved rounds, and
-    append each round's requests/s (client) and capacity (worker CPU) per server."""
+    """Start a server per entry (in this order), measure them in rounds of requests that
+    alternate between them, and append each round's requests/s (client) and capacity (worker
+    CPU) per server."""
     servers: dict[str, tuple[subprocess.Popen[bytes], int, Path]] = {}
     try:
         for name, entry in entries:
             servers[name] = start(entry, workdir)
         workers = {name: worker_pids(server[2]) for name, server in servers.items()}
-        for name in servers:
-            requests_per_second(servers[name][1], warm)
-
-        def measure(name: str) -> float:
-            before = cpu_seconds(workers[name])
-            rate = requests_per_second(servers[name][1], per_round)
-            used = cpu_seconds(workers[name]) - before
-            rates[name].append(rate)
-            capacity[name].append(per_round / used if used > 0 else float("nan"))
-            return rate
-
-        interleaved({name: (lambda n=name: measure(n)) for name in ("plain", "decorated")},
-                    rounds)
+        names = list(servers)
+        for name in names:
+            for _ in range(warm):
+                score(servers[name][1])
+        for _ in range(rounds):
+            # The two servers' requests alternate one by one (ABBA), so whatever the machine
+            # does (another process, the hypervisor taking the core) hits both alike.
+            before = {name: cpu_seconds(workers[name]) for name in names}
+            waited = dict.fromkeys(names, 0.0)
+            for index in range(per_round):
+                for name in names if index % 2 == 0 else names[::-1]:
+                    started = time.perf_counter()
+                    score(servers[name][1])
+                    waited[name] += time.perf_counter() - started
+            for name in names:
+                used = cpu_seconds(workers[name]) - before[name]
+                rates[name].append(per_round / waited[name])
+                capacity[name].append(per_round / used if used > 0 else float("nan"))
     finally:
         for proc, _, log in servers.values():
             stop(proc, log)
 
 
 def server_throughput(quick: bool = False, extra_per_call_us: float | None = None) -> Ratio:
-    """Print both requests/s ratios (with the decorators / without, median of interleaved
-    rounds) and return the headline one, from the worker's CPU time per request."""
+    """Print both requests/s ratios (with the decorators / without, median over rounds of
+    alternating requests) and return the headline one, from the worker's CPU time per request."""
     # Rounds per server pair, and pairs: each pair is a fresh start of both servers, the
     # second in the opposite order, so that which process started first (and got which
     # memory and CPU placement) does not favour one side.
-    rounds, pairs, per_round, warm = (2, 1, 20, 5) if quick else (10, 2, 300, 100)
+    rounds, pairs, per_round, warm = (2, 1, 20, 5) if quick else (5, 4, 500, 100)
     rates: dict[str, list[float]] = {"plain": [], "decorated": []}
     capacity: dict[str, list[float]] = {"plain": [], "decorated": []}
     with tempfile.TemporaryDirectory() as workdir:
@@ -218,9 +222,9 @@ def server_throughput(quick: bool = False, extra_per_call_us: float | None = Non
     seen = ratio(list(zip(rates["decorated"], rates["plain"])))
     served_q = quartiles([d / p for d, p in zip(capacity["decorated"], capacity["plain"])])
     seen_q = quartiles([d / p for d, p in zip(rates["decorated"], rates["plain"])])
-    print(f"inference server, samples/score.py, one worker, {rounds} ABBA rounds x "
-          f"{per_round} requests per server ({pairs} fresh start(s) of both servers); with / "
-          f"without the decorators (goal >= 0.98):")
+    print(f"inference server, samples/score.py, one worker, {rounds} rounds x "
+          f"{per_round} requests per server, alternating one by one ({pairs} fresh start(s) of "
+          f"both servers); with / without the decorators (goal >= 0.98):")
     print(f"  requests/s one worker can serve (its CPU time per request): "
           f"{statistics.median(capacity['plain']):.0f} without, "
           f"{statistics.median(capacity['decorated']):.0f} with; ratio {served.text()}, "
