@@ -133,6 +133,9 @@ class AppInsightsHandler(logging.Handler):
 
     def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override,unused-ignore]
         """Filter and emit without the handler lock: :meth:`emit` only appends to a deque."""
+        if not self.filters:  # the usual case: no filter to ask
+            self.emit(record)
+            return True
         result = self.filter(record)
         if result:
             if isinstance(result, logging.LogRecord):

@@ -469,3 +469,27 @@ def test_a_burst_right_before_exit_is_sent_after_it_every_record_once(
     during = [m for m, at in burst if started + 0.05 < at < ended]
     # At most the first batch, sent before the export saw that a burst was on.
     assert len(during) <= 512, f"{len(during)} records were sent while the burst lasted"
+
+
+FILTERED_SCRIPT = """
+    from amldbg.logs import get_logger
+    from amldbg.logs.appinsights import AppInsightsHandler
+
+    log = get_logger("train", backend="opencensus")
+    telemetry = next(h for h in log.handlers if isinstance(h, AppInsightsHandler))
+    telemetry.addFilter(lambda record: "private" not in record.getMessage())
+    for text in ("public 1", "private 2", "public 3"):
+        log.info(text)
+"""
+
+
+def test_a_filter_on_the_application_insights_handler_keeps_its_records_out(tmp_path: Path) -> None:
+    script = write_child(tmp_path, FILTERED_SCRIPT)
+    with IngestionServer() as server:
+        with start_child(script, APPLICATIONINSIGHTS_CONNECTION_STRING=server.connection_string) as child:
+            assert child.wait(60) == 0, child.output
+        server.wait_for(2, timeout=5)
+        time.sleep(0.3)  # a filtered record would arrive now
+        sent = sorted(message(e) for e in server.envelopes)
+    assert sent == ["public 1", "public 3"]
+    assert "INFO train: private 2" in child.output, "the driver log has no such filter"
