@@ -269,7 +269,8 @@ def call_cost(sizes: Sizes = FULL) -> dict[str, Ratio]:
           f"{base_lat[2]:8.1f} us")
     for label, (p50, p99, worst) in down.items():
         print(f"  {label:<32} {p50:6.1f} / {p99:6.1f} / {worst:8.1f} us")
-    print(f"  (rank prefix in use: {driver_log.rank_prefix()!r})")
+    print(f"  (rank prefix in use: {driver_log.rank_prefix()!r}; the records of the refusing and "
+          f"the slow endpoint are reported undelivered when this process exits, as expected)")
     return figures
 
 
