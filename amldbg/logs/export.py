@@ -377,7 +377,8 @@ class Exporter:
         """True while ``ch``'s export should wait for the burst of records to end.
 
         A burst is a full batch waiting and records still arriving at :data:`BURST_RATE`
-        or more (measured over :data:`BURST_POLL`). Its export waits at most
+        or more (measured between two looks of the export thread, which looks every
+        :data:`BURST_POLL` seconds while it waits). Its export waits at most
         :data:`BURST_MAX_DEFER` seconds, and only while the backlog is under
         :data:`BURST_QUEUE_SHARE` of the queue and could be sent within half the exit grace
         period at the measured send rate, so that a script that ends right after its burst
