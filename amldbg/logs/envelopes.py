@@ -125,11 +125,15 @@ def dimensions_for(snap: Snapshot) -> dict[str, str]:
     dims["fileName"] = str(snap.pathname)
     dims["lineNumber"] = str(snap.lineno)
     dims["level"] = snap.levelname
-    user = snap.user
+    add_user_dimensions(dims, snap.user)
+    return dims
+
+
+def add_user_dimensions(dims: dict[str, Any], user: dict[str, Any] | None) -> None:
+    """Merge the user's ``custom_dimensions`` into ``dims``, keys and values as strings."""
     if user:
         for key, value in user.items():
             dims[str(key)] = value if isinstance(value, str) else str(value)
-    return dims
 
 
 @contextlib.contextmanager

@@ -118,10 +118,7 @@ class OpenCensusSink(export.Sink):
             template.update(envelopes.dimensions_for(snap._replace(user=None)))
             found = self._templates[key] = (run_context, template)
         properties = dict(found[1])
-        user = snap.user
-        if user:
-            for name, value in user.items():
-                properties[str(name)] = value if isinstance(value, str) else str(value)
+        envelopes.add_user_dimensions(properties, snap.user)
         return properties
 
     def _fast(self, item: Any, tags: dict[str, str]) -> dict[str, Any]:
