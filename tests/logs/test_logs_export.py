@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Tuple
 
 import pytest
 from logs_support import start_group, write_child
@@ -185,11 +185,24 @@ class TimedSink(_queue.Sink):
         return _queue.OK
 
 
+Burst = Tuple[_queue.Exporter, TimedSink]
+
+
+@pytest.fixture
+def burst() -> Iterator[Burst]:
+    """An exporter of the test's own and a sink for it; the exporter is shut down at the end."""
+    exporter = _queue.Exporter(generation=-1)
+    try:
+        yield exporter, TimedSink()
+    finally:
+        exporter.shutdown(1)
+
+
 def burst_channel(exporter: _queue.Exporter, sink: TimedSink, maxlen: int = 100_000,
-                  batch_size: int = 100, defer_bursts: bool = True) -> _queue.Channel:
+                  batch_size: int = 100) -> _queue.Channel:
     """A channel as App Insights makes it, after one full batch was sent (so the send rate is known)."""
     channel = exporter.channel("burst", "Burst sink", lambda: sink, maxlen=maxlen,
-                               batch_size=batch_size, interval=0.05, defer_bursts=defer_bursts)
+                               batch_size=batch_size, interval=0.05, defer_bursts=True)
     sink.channel = channel
     for i in range(batch_size):
         channel.put(("warm-up", i))
@@ -217,9 +230,8 @@ def wait_for_items(sink: TimedSink, count: int, timeout: float = 10.0) -> None:
         time.sleep(0.01)
 
 
-def test_a_bursts_export_waits_until_it_ends_then_every_record_is_sent_in_order() -> None:
-    exporter = _queue.Exporter(generation=-1)
-    sink = TimedSink()
+def test_a_bursts_export_waits_until_it_ends_then_every_record_is_sent_in_order(burst: Burst) -> None:
+    exporter, sink = burst
     channel = burst_channel(exporter, sink)
     start, end = put_records(channel, 20_000, per_second=50_000)  # 0.4 s, well over BURST_RATE
     wait_for_items(sink, 20_000)
@@ -227,47 +239,39 @@ def test_a_bursts_export_waits_until_it_ends_then_every_record_is_sent_in_order(
     assert during == [], f"{len(during)} batches were sent while the burst lasted"
     assert sink.items == list(range(20_000)), "every record, once, in order, after the burst"
     assert channel.dropped_full == 0
-    exporter.shutdown(1)
 
 
-def test_records_at_an_ordinary_rate_are_sent_as_they_come() -> None:
-    exporter = _queue.Exporter(generation=-1)
-    sink = TimedSink()
+def test_records_at_an_ordinary_rate_are_sent_as_they_come(burst: Burst) -> None:
+    exporter, sink = burst
     channel = burst_channel(exporter, sink, batch_size=50)
     start, end = put_records(channel, 1_000, per_second=1_000)  # a training loop's pace
     assert [at for at, _ in sink.sends if at < end - 0.2], "nothing was sent while records came"
     assert exporter.flush(10) and sink.items == list(range(1_000))
-    exporter.shutdown(1)
 
 
-def test_a_burst_filling_half_the_queue_is_sent_while_it_lasts_and_nothing_is_dropped() -> None:
-    exporter = _queue.Exporter(generation=-1)
-    sink = TimedSink()
+def test_a_burst_filling_half_the_queue_is_sent_while_it_lasts_and_nothing_is_dropped(burst: Burst) -> None:
+    exporter, sink = burst
     channel = burst_channel(exporter, sink, maxlen=4_000)
     start, end = put_records(channel, 12_000, per_second=20_000)  # 0.6 s, three queues' worth
     assert exporter.flush(10)
     assert [at for at, _ in sink.sends if start + 0.1 < at < end], "the export waited past half the queue"
     assert max(queued for _, queued in sink.sends) < 4_000
     assert channel.dropped_full == 0 and sink.items == list(range(12_000))
-    exporter.shutdown(1)
 
 
-def test_a_long_burst_waits_at_most_the_deferral_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_long_burst_waits_at_most_the_deferral_limit(monkeypatch: pytest.MonkeyPatch, burst: Burst) -> None:
     monkeypatch.setattr(_queue, "BURST_MAX_DEFER", 0.2)
-    exporter = _queue.Exporter(generation=-1)
-    sink = TimedSink()
+    exporter, sink = burst
     channel = burst_channel(exporter, sink)
     start, end = put_records(channel, 30_000, per_second=30_000)  # 1 s
     first = min((at for at, _ in sink.sends), default=end)
     assert first < end - 0.3, f"first batch {first - start:.2f} s into a {end - start:.2f} s burst"
     assert exporter.flush(10) and sink.items == list(range(30_000))
-    exporter.shutdown(1)
 
 
-def test_a_flush_or_the_exit_never_waits_for_a_burst_to_end(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_flush_or_the_exit_never_waits_for_a_burst_to_end(monkeypatch: pytest.MonkeyPatch, burst: Burst) -> None:
     monkeypatch.setattr(_queue, "BURST_MAX_DEFER", 120.0)
-    exporter = _queue.Exporter(generation=-1)
-    sink = TimedSink()
+    exporter, sink = burst
     channel = burst_channel(exporter, sink)
     put_records(channel, 5_000, per_second=100_000)
     assert exporter.flush(10), "the flush waited for the deferred burst"
