@@ -10,7 +10,9 @@ One module per command:
 * ``amldbg doctor`` (:mod:`.doctor`): check, where the script will run, what remote
   debugging needs;
 * ``amldbg stacks PATH...`` (:mod:`.stacks`): compare the stacks the ranks of a hung job
-  dumped, name the outliers, list crash reports.
+  dumped, name the outliers, list crash reports;
+* ``amldbg signal`` (:mod:`.signal_ranks`): make the armed ranks of this node dump their
+  stacks or start the debugger, never signalling the launcher.
 
 Every subcommand exits 0 on success, 1 for a negative answer (nothing found, snapshots
 differ, a check failed) and 2 for bad input, with a one-line reason on stderr. Nothing in
@@ -25,7 +27,7 @@ import sys
 from typing import Sequence
 
 from amldbg._version import __version__
-from amldbg.cli import doctor, env, find, launch_config, stacks
+from amldbg.cli import doctor, env, find, launch_config, signal_ranks, stacks
 from amldbg.cli.common import EXIT_OK, EXIT_USAGE, CliError, Parser, formatter, host, port
 from amldbg.core import args as core_args
 from amldbg.core import settings as core_settings
@@ -58,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     find_parser.set_defaults(run=find.cmd_find)
 
     stacks.add_parser(commands, formatter)
+    signal_ranks.add_parser(commands, formatter)
 
     launch = commands.add_parser(
         "launch-config", help="VS Code attach configurations (print or merge into launch.json)",
@@ -139,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = getattr(args, "run", None)
     if run is None:
         command = "amldbg env" if args.command == "env" else "amldbg"
-        choices = "snapshot, diff" if args.command == "env" else "find, launch-config, env, doctor, stacks"
+        choices = "snapshot, diff" if args.command == "env" else "find, launch-config, env, doctor, stacks, signal"
         print(f"{command}: error: choose one of: {choices} (see '{command} --help')", file=sys.stderr)
         return EXIT_USAGE
     try:

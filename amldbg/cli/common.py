@@ -3,39 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import re
 from typing import NoReturn
 
-from amldbg.core import settings
+from amldbg.core import safetext, settings
 
 EXIT_OK = 0
 EXIT_NEGATIVE = 1
 EXIT_USAGE = 2
 
 
-# What must never reach a terminal raw: C0 controls (ESC starts CSI, OSC and DCS sequences,
-# which can retitle a window, rewrite the screen or set the clipboard), DEL, C1 controls
-# (U+0080..U+009F, single-character CSI/OSC/DCS), line and paragraph separators, the
-# bidirectional overrides that reorder what is shown, and lone surrogates (from JSON
-# "\ud800" or undecodable file names), which cannot even be encoded for output.
-_UNSAFE = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff\ud800-\udfff]"
-)
-
-
-def _escape(found: re.Match[str]) -> str:
-    code = ord(found.group(0))
-    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
-
-
 def printable(text: object) -> str:
-    """``text`` safe to print: every control character written as a visible escape.
+    """``text`` safe to print on one line: :func:`amldbg.core.safetext.escape`, the one rule
+    (control, bidi and line-separator characters written as visible escapes).
 
     Use it for everything read from logs, snapshots or file names before it is printed:
     ``"\\x1b]0;owned\\x07"`` stays on the screen as text instead of retitling the terminal.
-    Tabs and line breaks are escaped too, so that one field stays on one line.
     """
-    return _UNSAFE.sub(_escape, str(text))
+    return safetext.escape(text)
 
 
 class CliError(Exception):

@@ -39,7 +39,7 @@ from importlib import metadata
 from typing import Any, Callable, Iterable, Mapping, TextIO
 
 from amldbg.cli.common import EXIT_NEGATIVE, EXIT_OK
-from amldbg.core import environment, secrets
+from amldbg.core import environment, safetext, secrets
 from amldbg.core import settings as core_settings
 from amldbg.core.guard import describe
 from amldbg.debugger.start import PORT_ATTEMPTS
@@ -109,9 +109,6 @@ class Check:
         return data
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
 def _secret_values(env: Mapping[str, str]) -> list[str]:
     """Values in ``env`` that must never be printed, longest first: those of secret-looking
     names (:func:`amldbg.core.secrets.is_secret_name`), the instrumentation-key variables,
@@ -132,12 +129,12 @@ def _secret_values(env: Mapping[str, str]) -> list[str]:
 def scrub(text: str, known: Iterable[str] = ()) -> str:
     """``text`` safe to print on one line: the ``known`` secret values and whatever
     :func:`amldbg.core.secrets.mask_value` recognises (URL user info, ``Authorization=``,
-    ``InstrumentationKey=`` and other credential shapes) masked, control characters escaped."""
+    ``InstrumentationKey=`` and other credential shapes) masked, then control, bidi and
+    line-separator characters escaped (:func:`amldbg.core.safetext.safe`)."""
     for secret in known:
         if secret:
             text = text.replace(secret, secrets.MASK)
-    text = secrets.mask_value(text)
-    return _CONTROL.sub(lambda found: f"\\x{ord(found.group()):02x}", text)
+    return safetext.safe(text)
 
 
 def _shown(value: str) -> str:

@@ -10,6 +10,7 @@ from typing import Any, Sequence, TextIO
 
 from amldbg.cli import log_scan
 from amldbg.cli.common import EXIT_NEGATIVE, EXIT_OK, CliError, printable
+from amldbg.core import joblogs
 
 FIND_EPILOG = """\
 examples:
@@ -47,28 +48,21 @@ def scan_logs(logs: Sequence[str], stdin: TextIO, prog: str = "amldbg find") -> 
     for source in sources:
         if source != "-" and not os.path.lexists(source):
             raise CliError(f"{source}: no such file or folder")
-    unreadable: list[log_scan.Unreadable] = []
+    unreadable: list[joblogs.Unreadable] = []
     read = 0
-    for source in sources:
-        if source == "-":
-            # Bytes, not text: a log is not always UTF-8, and a strict decoder would stop
-            # at the first bad byte.
-            scanner.read("<stdin>", getattr(stdin, "buffer", stdin))
-            read += 1
+    for item in log_scan.walk_logs(sources):
+        if isinstance(item, joblogs.Unreadable):
+            unreadable.append(item)
+            _say(prog, f"cannot read {item.path}: {item.reason}; skipped")
             continue
-        for item in log_scan.walk_logs(source):
-            if isinstance(item, log_scan.Unreadable):
-                unreadable.append(item)
-                _say(prog, f"cannot read {item.path}: {item.reason}; skipped")
-                continue
-            try:
-                with open(item, "rb") as handle:
-                    scanner.read(str(item), handle)
-            except OSError as error:
-                unreadable.append(log_scan.Unreadable(str(item), error.strerror or str(error)))
-                _say(prog, f"cannot read {item}: {error.strerror or error}; skipped")
-                continue
-            read += 1
+        try:
+            with joblogs.open_lines(item, stdin) as reader:
+                scanner.read_lines(item.name, reader)
+        except OSError as error:
+            unreadable.append(joblogs.Unreadable(item.name, joblogs.reason(error)))
+            _say(prog, f"cannot read {item.name}: {joblogs.reason(error)}; skipped")
+            continue
+        read += 1
     if unreadable and not read:
         first = unreadable[0]
         raise CliError(f"cannot read {first.path}: {first.reason}")

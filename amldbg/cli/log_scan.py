@@ -15,7 +15,7 @@ for one endpoint; the guide lines that precede an ``amldbg endpoint:`` line of t
 stream are folded into it rather than reported twice.
 
 Logs come from remote machines and are read as hostile input: lines are read in bounded
-pieces (:class:`amldbg.diagnostics.envsnap.LineReader`), a record whose fields have the
+pieces (:class:`amldbg.core.joblogs.LineReader`), a record whose fields have the
 wrong type or range (a port outside 1..65535, a host that is not a string, JSON nested too
 deeply) is skipped and counted rather than trusted, and everything shown is escaped by the
 caller (:func:`amldbg.cli.common.printable`).
@@ -33,14 +33,13 @@ import json
 import math
 import os
 import re
-import stat
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from amldbg.cli.common import printable
+from amldbg.core import joblogs
 from amldbg.core.announce import ENDPOINT_MARKER
-from amldbg.diagnostics import envsnap
-from amldbg.diagnostics.envsnap import LineReader
+from amldbg.core.joblogs import LineReader
 from amldbg.diagnostics.stacks import CRASH_MARKER
 
 #: The guide's default debug port, assumed when a log names none.
@@ -67,7 +66,7 @@ _WAITING_STATES = {"waiting", "listening", "connecting"}
 
 # Bounds that keep a hostile log from costing unbounded memory or time.
 #: The longest line read whole; the rest of a longer line is skipped (and counted).
-MAX_LINE = envsnap.MAX_LINE
+MAX_LINE = joblogs.MAX_LINE
 MAX_ENDPOINTS = 10_000
 _MAX_STREAMS = 4096
 _MAX_TEXT = 4096  # longest cwd, bind, mode, state or worker name kept
@@ -505,72 +504,42 @@ class Scanner:
 
     def read(self, source: str, stream: Any) -> None:
         """Feed a binary (or text) stream, read in bounded chunks (see ``LineReader``)."""
-        reader = LineReader(stream)
+        self.read_lines(source, LineReader(stream))
+
+    def read_lines(self, source: str, reader: LineReader) -> None:
+        """Feed the lines of ``reader``, counting the lines it had to cut."""
         try:
             self.feed(source, reader)
         finally:
             self.cut_lines += reader.cut
 
 
-@dataclasses.dataclass
-class Unreadable:
-    """A file or folder that could not be read, and why (one line)."""
-
-    path: str
-    reason: str
-
-
-def walk_logs(path: str | os.PathLike[str]) -> Iterator[Path | Unreadable]:
-    """The log files to read for ``path`` (the file itself, or a folder's log files), and
-    the files or folders below it that cannot be read, in name order.
+def walk_logs(
+    paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+) -> Iterator[joblogs.JobFile | joblogs.Unreadable]:
+    """The log files to read for ``paths`` (files, folders, ``-``), and the files or folders
+    below them that cannot be read (:func:`amldbg.core.joblogs.walk`).
 
     A downloaded job folder holds ``azureml-logs/70_driver_log*.txt`` (SDK v1),
     ``user_logs/std_log.txt`` or one ``user_logs/std_log_process_<rank>.txt`` per process
     (v2), or a parallel job's ``logs/user/stdout/<node>/process<N>.stdout.txt``,
     ``logs/user/stderr/...`` and ``logs/user/entry_script_log/<node>/...`` files; every
-    ``*.txt``/``*.log``/``*.out``/``*.err`` below it is read. Symbolic links to folders are
-    not followed (no loops); FIFOs and devices are never opened.
+    ``*.txt``/``*.log``/``*.out``/``*.err`` below it is read, in path order. A link loop
+    ends; FIFOs and devices below a folder are never opened.
     """
-    root = Path(path)
-    if not root.is_dir():
-        yield root
-        return
-    errors: list[OSError] = []
-    # In path order, as before (a folder's files and its subfolders' files interleaved).
-    candidates = sorted(
-        Path(folder) / name
-        for folder, _, names in os.walk(root, onerror=errors.append)
-        for name in names
-        if name.lower().endswith(LOG_SUFFIXES)
-    )
-    for candidate in candidates:
-        try:
-            mode = candidate.stat().st_mode
-        except OSError as error:
-            # A dangling link, a link loop: say so rather than pass over it in silence.
-            yield Unreadable(str(candidate), error.strerror or str(error))
-            continue
-        if stat.S_ISREG(mode):
-            yield candidate
-    for problem in errors:
-        yield Unreadable(str(problem.filename or root), problem.strerror or str(problem))
-
-
-def log_files(path: str | os.PathLike[str]) -> list[Path]:
-    """The readable log files for ``path`` (see :func:`walk_logs`, which also reports the
-    unreadable ones)."""
-    return [item for item in walk_logs(path) if isinstance(item, Path)]
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    return joblogs.walk([os.fspath(path) for path in paths], LOG_SUFFIXES)
 
 
 def scan_paths(paths: Iterable[str | os.PathLike[str]]) -> Scanner:
     """Scan log files and folders; raises ``OSError`` for one that cannot be read."""
     scanner = Scanner()
-    for path in paths:
-        for item in walk_logs(path):
-            if isinstance(item, Unreadable):
-                raise OSError(f"cannot read {item.path}: {item.reason}")
-            with open(item, "rb") as handle:
-                scanner.read(str(item), handle)
+    for item in walk_logs(paths):
+        if isinstance(item, joblogs.Unreadable):
+            raise OSError(f"cannot read {item.path}: {item.reason}")
+        with joblogs.open_lines(item) as reader:
+            scanner.read_lines(item.name, reader)
     return scanner
 
 

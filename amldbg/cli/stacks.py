@@ -3,26 +3,31 @@ and list the crash reports, from a downloaded job.
 
 Reads ``stacks-rank*.json`` / ``crash-rank*.json`` files and the ``amldbg stacks: {json}`` /
 ``amldbg crash: {json}`` lines of driver logs (with any prefix a launcher adds), in files,
-folders or standard input. Takes each rank's latest dump, groups ranks whose main threads
-are at the same frames (file, line, function), largest group first, and names the ranks
-outside the largest group (the outliers) with their innermost user frame: in a hung job,
-the rank the others wait for.
+folders or standard input, through :mod:`amldbg.core.joblogs` (the reader ``amldbg find``
+uses: logs streamed whatever their size, dump files read whole up to a bound, link loops
+ended, FIFOs below a folder never opened). Takes each process's latest dump, groups the
+processes whose main threads are at the same frames (file, line, function), largest group
+first, and names the ones outside the largest group (the outliers) with their innermost
+user frame: in a hung job, the rank the others wait for. Processes that claim the same rank
+(``torch.multiprocessing.spawn`` without ``RANK``) are kept apart and named by pid and host.
 
-Input is hostile: a damaged line or file is skipped with a note on stderr, never a
-traceback, and control characters are escaped before printing.
+Input is hostile: a damaged, truncated or unreadable line or file, and a record whose rank
+is not a non-negative integer, is skipped with a note on stderr, never a traceback and never
+read as rank 0; everything printed is escaped to one line by :mod:`amldbg.core.safetext`.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import re
 import sys
-from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence, TextIO
+from typing import Any, Collection, Iterable, Mapping, Sequence, TextIO
 
 from amldbg.cli.common import EXIT_NEGATIVE, EXIT_OK, CliError
+from amldbg.core import joblogs, safetext
 
 STACKS_MARKER = "amldbg stacks: "
 CRASH_MARKER = "amldbg crash: "
@@ -40,16 +45,19 @@ exit status: 0 when dumps or crash reports were found, 1 when none, 2 for unread
 
 # Files worth reading below a folder: dumps and crash reports, and logs.
 _SUFFIXES = (".json", ".txt", ".log", ".out", ".err")
-_MAX_FILE = 256 * 1024 * 1024
-_MAX_LINE = 16 * 1024 * 1024
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _LIBRARY = re.compile(r"(site|dist)-packages|[/\\]lib[/\\]python\d|[/\\]amldbg[/\\]|^<frozen ")
+# A file amldbg writes a dump or a crash report to (stacks-rank0-pid42-1.json, crash-rank0-pid42.json).
+_DUMP_FILE = re.compile(r"^(stacks|crash)-.*\.json$", re.IGNORECASE)
+# Ranks, pids and world sizes beyond this are not real.
+_MAX_NUMBER = 10**9
+# Notes on stderr named one by one; the rest are counted.
+_MAX_NOTES = 20
 
 
 def clean(value: Any, limit: int = 300) -> str:
-    """``value`` as text with control characters escaped and cut to ``limit`` characters."""
-    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group(0)):02x}", str(value))
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    """``value`` as one safe line (:func:`amldbg.core.safetext.escape`: control, bidi and
+    line-separator characters escaped), cut to ``limit`` characters."""
+    return safetext.shorten(safetext.escape(value), limit)
 
 
 def _int(value: Any, default: int = -1) -> int:
@@ -60,6 +68,37 @@ def _int(value: Any, default: int = -1) -> int:
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         return int(value)
     return default
+
+
+def _count(value: Any) -> int | None:
+    """A non-negative integer up to :data:`_MAX_NUMBER` (an int, or a string of its digits),
+    else ``None``: ``1e400`` (inf), ``-1``, ``2.0``, ``true`` and ``"abc"`` are none."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if 0 <= value <= _MAX_NUMBER else None
+    if isinstance(value, str):
+        text = value.strip()
+        if text.isascii() and text.isdigit() and len(text) <= 10 and int(text) <= _MAX_NUMBER:
+            return int(text)
+    return None
+
+
+class InvalidRank(ValueError):
+    """A dump or crash report whose rank is no rank: it is rejected, never read as rank 0."""
+
+
+def _rank(value: Any) -> int:
+    rank = _count(value)
+    if rank is None:
+        raise InvalidRank(f"invalid rank {clean(value, 40)}")
+    return rank
+
+
+def _who(rank: int, pid: int | None, host: str) -> str:
+    """``rank 0 (pid 4242 on node-1)``: one process among several that claim a rank."""
+    pid_text = "?" if pid is None else str(pid)
+    return f"rank {rank} (pid {pid_text}{f' on {host}' if host else ''})"
 
 
 class Frame:
@@ -77,7 +116,7 @@ class Frame:
         return (self.file, self.line, self.function)
 
     def label(self) -> str:
-        """``train.py:88 in step``."""
+        """``train.py:88 in step``, escaped to one safe line."""
         name = self.file.replace("\\", "/").rsplit("/", 1)[-1]
         return clean(f"{name}:{self.line} in {self.function}")
 
@@ -96,17 +135,27 @@ def _frame(raw: Any) -> Frame | None:
     return Frame(file, _int(line, 0), function, library if isinstance(library, bool) else None)
 
 
+def _host(raw: Mapping[str, Any]) -> str:
+    host = raw.get("host", "")
+    return host if isinstance(host, str) else str(host)
+
+
 class Dump:
-    """One rank's dump: who, when, why, and its main thread's frames (outermost first)."""
+    """One process's dump: who, when, why, and its main thread's frames (outermost first).
+
+    :class:`InvalidRank` when the rank is not a non-negative integer; ``ValueError`` when
+    the dump is damaged.
+    """
 
     def __init__(self, raw: Mapping[str, Any], source: str) -> None:
-        self.rank = _int(raw.get("rank"), 0)
-        self.pid = _int(raw.get("pid"))
-        self.host = clean(raw.get("host", ""), 100)
+        self.rank = _rank(raw.get("rank"))
+        self.pid = _count(raw.get("pid"))
+        self.host_key = _host(raw)
+        self.host = clean(self.host_key, 100)
         self.time = clean(raw.get("time", ""), 40)
         self.seq = _int(raw.get("seq"), 0)
-        self.reason = clean(raw.get("reason", ""), 40)
-        self.world_size = max(1, _int(raw.get("world_size"), 1))
+        self.reason = safetext.safe(raw.get("reason", ""), 40)
+        self.world_size = max(1, _count(raw.get("world_size")) or 1)
         # A forked child of the rank's process (a data loader worker) that was signalled too.
         self.child = raw.get("forked_from") is not None
         self.source = source
@@ -123,14 +172,19 @@ class Dump:
         self.threads = len(threads)
 
     @property
-    def identity(self) -> tuple[str, int, int]:
+    def identity(self) -> tuple[str, int | None, int]:
         """The same dump read from the log line and from its file counts once."""
-        return (self.host, self.pid, self.seq)
+        return (self.host_key, self.pid, self.seq)
 
     @property
-    def order(self) -> tuple[bool, str, int]:
-        """Later dumps sort last; the rank's own process before its forked children."""
-        return (not self.child, self.time, self.seq)
+    def process(self) -> tuple[int, str, int | None]:
+        """The process that wrote the dump: its rank, host and pid."""
+        return (self.rank, self.host_key, self.pid)
+
+    @property
+    def order(self) -> tuple[str, int]:
+        """Later dumps sort last."""
+        return (self.time, self.seq)
 
     def signature(self) -> tuple[tuple[str, int, str], ...]:
         """The main thread's frames, compared between ranks."""
@@ -144,16 +198,28 @@ class Dump:
         return self.main[-1] if self.main else None
 
 
-class Crash:
-    """One crash report (``--remote_debug_post_mortem``)."""
+def _basename(path: str) -> str:
+    return path.replace("\\", "/").rsplit("/", 1)[-1]
 
-    def __init__(self, raw: Mapping[str, Any], source: str) -> None:
-        self.rank = _int(raw.get("rank"), 0)
-        self.pid = _int(raw.get("pid"))
-        self.host = clean(raw.get("host", ""), 100)
-        self.time = clean(raw.get("time", ""), 40)
-        self.exception = clean(raw.get("exception", "?"), 300)
-        self.where = clean(raw.get("where", ""), 100)
+
+class Crash:
+    """One crash report (``--remote_debug_post_mortem``).
+
+    ``report`` is the name of its file (``crash-rank0-pid42-2.json``) when known: the
+    report's own ``file`` field (the log line has it), or the file it was read from.
+    """
+
+    def __init__(self, raw: Mapping[str, Any], source: str, from_file: bool = False) -> None:
+        self.rank = _rank(raw.get("rank"))
+        self.pid = _count(raw.get("pid"))
+        self.host_key = _host(raw)
+        self.host = clean(self.host_key, 100)
+        time, where = raw.get("time", ""), raw.get("where", "")
+        self.time_key = time if isinstance(time, str) else str(time)
+        self.where_key = where if isinstance(where, str) else str(where)
+        self.time = clean(self.time_key, 40)
+        self.exception = safetext.safe(raw.get("exception", "?"), 300)
+        self.where = clean(self.where_key, 100)
         frame = raw.get("frame")
         if isinstance(frame, str):
             self.frame = clean(frame, 200)
@@ -162,12 +228,15 @@ class Crash:
             user = [f for f in frames if not f.library] or frames
             self.frame = user[-1].label() if user else "?"
         file = raw.get("file")
-        self.file = clean(file if isinstance(file, str) else source, 300)
+        named = file if isinstance(file, str) and file else source if from_file else ""
+        self.report = _basename(named) or None
+        self.file = clean(named or source, 300)
+        self.from_file = from_file
 
     @property
-    def identity(self) -> tuple[str, int, str]:
-        """The log line and the file of one report count once."""
-        return (self.host, self.pid, self.time[:19])
+    def moment(self) -> tuple[str, int | None, str, str]:
+        """Who crashed when and where: the identity of a report whose file is not known."""
+        return (self.host_key, self.pid, self.time_key, self.where_key)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON for ``--json``."""
@@ -179,106 +248,168 @@ class Crash:
 
 
 class Collector:
-    """Gathers dumps and crash reports from files and lines."""
+    """Gathers dumps and crash reports from files and lines, and the notes about what could
+    not be read (:attr:`notes`, for stderr)."""
 
     def __init__(self) -> None:
-        self.dumps: dict[tuple[str, int, int], Dump] = {}
-        self.crashes: dict[tuple[str, int, str], Crash] = {}
-        self.skipped: list[str] = []
+        self.dumps: dict[tuple[str, int | None, int], Dump] = {}
+        self.crashes: list[Crash] = []
+        self._by_file: dict[tuple[str, int | None, str], int] = {}
+        self._by_moment: dict[tuple[str, int | None, str, str], int] = {}
+        #: What stderr says about the input: damaged, truncated, rejected or unreadable.
+        self.notes: list[str] = []
+        #: The files and folders that could not be read at all.
+        self.unreadable: list[joblogs.Unreadable] = []
+        #: How many files (or standard input) were read.
+        self.read = 0
+        #: How many lines were too long to read whole.
+        self.cut_lines = 0
 
-    def add(self, raw: Any, source: str) -> bool:
+    def note(self, message: str) -> None:
+        """Keep a note for stderr (one line, escaped when printed)."""
+        self.notes.append(message)
+
+    def add(self, raw: Any, source: str, from_file: bool = False) -> bool:
         """Add one parsed object; False when it is neither a dump nor a crash report."""
         if not isinstance(raw, Mapping):
             return False
+        if "amldbg_stacks" in raw:
+            kind = "dump"
+        elif "amldbg_crash" in raw:
+            kind = "crash report"
+        else:
+            return False
         try:
-            if "amldbg_stacks" in raw:
-                dump = Dump(raw, source)
-                known = self.dumps.get(dump.identity)
-                # Keep the file's version when both are read: it names itself as the source.
-                if known is None or source.endswith(".json"):
-                    self.dumps[dump.identity] = dump
-                return True
-            if "amldbg_crash" in raw:
-                crash = Crash(raw, source)
-                known_crash = self.crashes.get(crash.identity)
-                if known_crash is None or source.endswith(".json"):
-                    self.crashes[crash.identity] = crash
-                return True
+            if kind == "dump":
+                self._add_dump(Dump(raw, source), from_file)
+            else:
+                self._add_crash(Crash(raw, source, from_file))
+        except InvalidRank:
+            self.note(f"ignored a {kind} with an invalid rank at {source}")
         except (ValueError, TypeError, AttributeError, RecursionError):
-            self.skipped.append(source)
-            return True
-        return False
+            self.note(f"skipped a damaged {kind} at {source}")
+        return True
+
+    def _add_dump(self, dump: Dump, from_file: bool) -> None:
+        known = self.dumps.get(dump.identity)
+        # Keep the file's version when both are read: it names itself as the source.
+        if known is None or from_file:
+            self.dumps[dump.identity] = dump
+
+    def _add_crash(self, crash: Crash) -> None:
+        # One report read from its log line and from its file counts once; two reports of
+        # one process (a thread's crash and the main thread's, in the same second) are two.
+        at: int | None = None
+        if crash.report is not None:
+            at = self._by_file.get((crash.host_key, crash.pid, crash.report))
+            if at is None:
+                same = self._by_moment.get(crash.moment)
+                if same is not None and self.crashes[same].report is None:
+                    at = same
+        else:
+            at = self._by_moment.get(crash.moment)
+        if at is None:
+            at = len(self.crashes)
+            self.crashes.append(crash)
+        elif crash.from_file or not self.crashes[at].from_file:
+            self.crashes[at] = crash
+        else:
+            return
+        if crash.report is not None:
+            self._by_file[(crash.host_key, crash.pid, crash.report)] = at
+        self._by_moment[crash.moment] = at
 
     def feed_lines(self, source: str, lines: Iterable[str]) -> None:
         """Read ``amldbg stacks:`` and ``amldbg crash:`` lines from a log."""
         for number, line in enumerate(lines, 1):
-            for marker in (STACKS_MARKER, CRASH_MARKER):
+            for marker, kind in ((STACKS_MARKER, "dump"), (CRASH_MARKER, "crash report")):
                 at = line.find(marker)
                 if at < 0:
                     continue
                 payload = line[at + len(marker):].strip()
                 try:
-                    raw = json.loads(payload)
+                    raw, _ = json.JSONDecoder().raw_decode(payload)
                 except (ValueError, RecursionError):
-                    self.skipped.append(f"{source}:{number}")
+                    self.note(f"skipped a damaged {kind} at {source}:{number}")
                     continue
                 if not self.add(raw, f"{source}:{number}"):
-                    self.skipped.append(f"{source}:{number}")
+                    self.note(f"skipped a damaged {kind} at {source}:{number}")
 
-    def feed_file(self, path: Path) -> None:
-        """Read a dump or crash file (JSON), else a log."""
-        if path.stat().st_size > _MAX_FILE:
-            self.skipped.append(f"{path} (too large)")
-            return
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            if path.suffix.lower() == ".json":
-                text = handle.read()
+    def feed_file(self, item: joblogs.JobFile, stdin: TextIO | None = None) -> None:
+        """Read a dump or crash file (JSON, read whole up to :data:`joblogs.MAX_JSON`), else
+        a log (streamed, whatever its size). Raises :class:`OSError` when it cannot be read."""
+        if not item.has_suffix(".json"):
+            with joblogs.open_lines(item, stdin) as reader:
                 try:
-                    raw = json.loads(text)
-                except (ValueError, RecursionError):
-                    raw = None
-                if raw is not None:
-                    self.add(raw, str(path))
-                    return
-                self.feed_lines(str(path), text.splitlines())
-                return
-            self.feed_lines(str(path), _bounded_lines(handle))
-
-
-def _bounded_lines(handle: TextIO) -> Iterable[str]:
-    while True:
-        line = handle.readline(_MAX_LINE)
-        if not line:
+                    self.feed_lines(item.name, reader)
+                finally:
+                    self.cut_lines += reader.cut
             return
-        yield line
+        text = joblogs.read_text(item)
+        document = text.strip()
+        try:
+            raw = json.loads(document)
+        except (ValueError, RecursionError):
+            pass
+        else:
+            # Any other JSON document (a config, metrics) holds no dump: nothing to say.
+            self.add(raw, item.name, from_file=True)
+            return
+        kind = _dump_kind(item, document)
+        if kind is None:
+            # Not a dump: maybe a log with the lines (JSON lines, a log named .json).
+            reader = joblogs.LineReader(io.StringIO(text))
+            self.feed_lines(item.name, reader)
+            self.cut_lines += reader.cut
+        elif not document.endswith("}"):
+            self.note(f"skipped a truncated {kind} at {item.name} (the file ends before the {kind} does)")
+        else:
+            self.note(f"skipped a damaged {kind} at {item.name}")
 
 
-def _files(path: Path) -> list[Path]:
-    if path.is_dir():
-        return sorted(
-            p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in _SUFFIXES
-        )
-    return [path]
+def _dump_kind(item: joblogs.JobFile, document: str) -> str | None:
+    """What a JSON file that does not parse was meant to be: a dump, a crash report, or
+    neither (``None``), by its name or its first characters."""
+    named = _DUMP_FILE.match(item.path.name) if item.path is not None else None
+    if named:
+        return "dump" if named.group(1).lower() == "stacks" else "crash report"
+    head = document[:4096]
+    if document.startswith("{") and '"amldbg_stacks"' in head:
+        return "dump"
+    if document.startswith("{") and '"amldbg_crash"' in head:
+        return "crash report"
+    return None
 
 
 def collect(paths: Sequence[str], stdin: TextIO) -> Collector:
-    """Read every path (file, folder, ``-`` for ``stdin``); :class:`CliError` when one cannot be read."""
+    """Read every path (file, folder, ``-`` for ``stdin``).
+
+    A file or folder that cannot be read is noted and skipped; :class:`CliError` when a named
+    path does not exist, or when nothing at all could be read.
+    """
     collector = Collector()
     sources = list(paths) or ["-"]
     if sources == ["-"] and stdin.isatty():
         raise CliError("give dump files, log files or folders, or pipe a log into standard input")
     for source in sources:
-        if source == "-":
-            collector.feed_lines("<stdin>", _bounded_lines(stdin))
-            continue
-        if not os.path.exists(source):
+        if source != "-" and not os.path.exists(source):
             raise CliError(f"{clean(source)}: no such file or folder")
-        try:
-            for file in _files(Path(source)):
-                collector.feed_file(file)
-        except OSError as error:
-            name = error.filename or source
-            raise CliError(f"cannot read {clean(name)}: {clean(error.strerror or error)}") from None
+    for item in joblogs.walk(sources, _SUFFIXES):
+        if isinstance(item, joblogs.Unreadable):
+            problem = item
+        else:
+            try:
+                collector.feed_file(item, stdin)
+            except OSError as error:
+                problem = joblogs.Unreadable(item.name, joblogs.reason(error))
+            else:
+                collector.read += 1
+                continue
+        collector.unreadable.append(problem)
+        collector.note(f"cannot read {problem.path}: {problem.reason}; skipped")
+    if collector.unreadable and not collector.read:
+        first = collector.unreadable[0]
+        raise CliError(f"cannot read {first.path}: {first.reason}")
     return collector
 
 
@@ -298,25 +429,48 @@ def _ranks_text(ranks: Sequence[int]) -> str:
     return ",".join(parts)
 
 
-def analyse(collector: Collector) -> dict[str, Any]:
-    """Latest dump per rank, grouped by main-thread frames, largest group first."""
-    latest: dict[int, Dump] = {}
+def _latest(collector: Collector) -> list[Dump]:
+    """The latest dump of each process, in rank order.
+
+    Processes are told apart by host and pid, so that processes that all claim one rank
+    (``torch.multiprocessing.spawn`` without ``RANK``) stay apart. A forked child (a data
+    loader worker signalled with its parent) stands for its rank only when no process of
+    the rank dumped itself.
+    """
+    own: dict[tuple[int, str, int | None], Dump] = {}
+    children: dict[int, Dump] = {}
     for dump in collector.dumps.values():
-        known = latest.get(dump.rank)
+        if dump.child:
+            known = children.get(dump.rank)
+            if known is None or dump.order > known.order:
+                children[dump.rank] = dump
+            continue
+        known = own.get(dump.process)
         if known is None or dump.order > known.order:
-            latest[dump.rank] = dump
+            own[dump.process] = dump
+    ranks = {rank for rank, _, _ in own}
+    latest = list(own.values()) + [d for rank, d in children.items() if rank not in ranks]
+    return sorted(latest, key=lambda d: (d.rank, d.host_key, -1 if d.pid is None else d.pid))
+
+
+def analyse(collector: Collector) -> dict[str, Any]:
+    """Latest dump per process, grouped by main-thread frames, largest group first."""
+    latest = _latest(collector)
+    claims: dict[int, int] = {}
+    for dump in latest:
+        claims[dump.rank] = claims.get(dump.rank, 0) + 1
     groups: dict[tuple[Any, ...], list[Dump]] = {}
-    for rank in sorted(latest):
-        dump = latest[rank]
+    for dump in latest:
         groups.setdefault(dump.signature(), []).append(dump)
     ordered = sorted(groups.values(), key=lambda members: (-len(members), members[0].rank))
-    world = max((d.world_size for d in latest.values()), default=0)
+    world = max((d.world_size for d in latest), default=0)
     result_groups: list[dict[str, Any]] = []
     for members in ordered:
         first = members[0]
         frame = first.user_frame()
         result_groups.append({
-            "ranks": [d.rank for d in members],
+            "ranks": sorted({d.rank for d in members}),
+            "processes": [{"rank": d.rank, "pid": d.pid, "host": d.host} for d in members],
             "frame": frame.label() if frame else "(no main-thread frames)",
             "stack": [f.label() for f in first.main],
             "reasons": sorted({d.reason for d in members}),
@@ -326,47 +480,80 @@ def analyse(collector: Collector) -> dict[str, Any]:
                 for d in members
             ],
         })
-    outliers = sorted(rank for group in result_groups[1:] for rank in group["ranks"])
+    outliers = [
+        {"rank": process["rank"], "pid": process["pid"], "host": process["host"],
+         "frame": group["frame"]}
+        for group in result_groups[1:] for process in group["processes"]
+    ]
+    dumped = {d.rank for d in latest}
     # A world size read from a hostile file may be absurd: list missing ranks of real jobs only.
-    missing = sorted(set(range(world)) - set(latest)) if 1 < world <= 100_000 else []
+    missing = sorted(set(range(world)) - dumped) if 1 < world <= 100_000 else []
     return {
         "groups": result_groups,
-        "outliers": outliers,
+        "outliers": sorted({o["rank"] for o in outliers}),
+        "outlier_processes": outliers,
+        "shared_ranks": sorted(rank for rank, count in claims.items() if count > 1),
         "missing": missing,
         "world_size": world,
         "crashes": [
-            c.to_dict() for c in sorted(collector.crashes.values(), key=lambda c: (c.rank, c.time))
+            c.to_dict() for c in sorted(
+                collector.crashes,
+                key=lambda c: (c.rank, c.time, -1 if c.pid is None else c.pid, c.file),
+            )
         ],
     }
 
 
-def format_report(result: Mapping[str, Any]) -> str:
-    """The report for people."""
+def _plural(count: int, word: str, many: str | None = None) -> str:
+    return f"{count} {word if count == 1 else many or word + 's'}"
+
+
+def _label(process: Mapping[str, Any], shared: Collection[int]) -> str:
+    """``rank 3``, or ``rank 0 (pid 4242 on node-1)`` when other processes claim the rank."""
+    if process["rank"] in shared:
+        return _who(process["rank"], process["pid"], process["host"])
+    return f"rank {process['rank']}"
+
+
+def _members_text(group: Mapping[str, Any], shared: Collection[int]) -> str:
+    """``ranks 0-2``, or ``rank 1, rank 0 (pid 4242 on node-1)`` when ranks are shared."""
+    alone = [p["rank"] for p in group["processes"] if p["rank"] not in shared]
+    parts = [f"rank{'s' if len(alone) != 1 else ''} {_ranks_text(alone)}"] if alone else []
+    parts += [_label(p, shared) for p in group["processes"] if p["rank"] in shared]
+    return ", ".join(parts)
+
+
+def report_lines(result: Mapping[str, Any]) -> list[str]:
+    """The report for people, one escaped line each."""
     lines = []
     groups = result["groups"]
+    shared = set(result["shared_ranks"])
     if groups:
-        dumped = sum(len(g["ranks"]) for g in groups)
-        world = result.get("world_size") or dumped
+        processes = sum(len(g["processes"]) for g in groups)
+        ranks = len({rank for g in groups for rank in g["ranks"]})
+        world = result.get("world_size") or ranks
+        who = (
+            _plural(ranks, "rank") if processes == ranks
+            else f"{_plural(processes, 'process', 'processes')} of {_plural(ranks, 'rank')}"
+        )
         lines.append(
-            f"{dumped} rank{'s' if dumped != 1 else ''} dumped stacks (latest dump of each; "
-            f"world size {world}); {len(groups)} distinct main-thread stack"
-            f"{'s' if len(groups) != 1 else ''}, largest group first:"
+            f"{who} dumped stacks (latest dump of each{' process' if processes != ranks else ''}; "
+            f"world size {world}); {_plural(len(groups), 'distinct main-thread stack')}, "
+            "largest group first:"
         )
         for number, group in enumerate(groups, 1):
-            ranks = group["ranks"]
-            label = f"rank{'s' if len(ranks) != 1 else ''} {_ranks_text(ranks)}"
             lines.append("")
             lines.append(
-                f"group {number}: {label} ({len(ranks)}), {'/'.join(group['reasons'])}: "
-                f"at {group['frame']}"
+                f"group {number}: {_members_text(group, shared)} ({len(group['processes'])}), "
+                f"{'/'.join(group['reasons'])}: at {group['frame']}"
             )
             for frame in group["stack"][-12:]:
                 lines.append(f"    {frame}")
         lines.append("")
-        if result["outliers"]:
+        if result["outlier_processes"]:
             for group in groups[1:]:
-                for rank in group["ranks"]:
-                    lines.append(f"outlier: rank {rank} at {group['frame']}")
+                for process in group["processes"]:
+                    lines.append(f"outlier: {_label(process, shared)} at {group['frame']}")
         elif len(groups) == 1:
             lines.append("no outlier: every rank that dumped is at the same frames")
         if result["missing"]:
@@ -374,33 +561,57 @@ def format_report(result: Mapping[str, Any]) -> str:
                 f"no dump from rank{'s' if len(result['missing']) != 1 else ''} "
                 f"{_ranks_text(result['missing'])} (still making progress, or its log was not given)"
             )
+        for rank in result["shared_ranks"]:
+            count = sum(p["rank"] == rank for g in groups for p in g["processes"])
+            lines.append(
+                f"{count} processes claim rank {rank} (torch.multiprocessing.spawn without RANK, "
+                "or a restarted process): each is shown with its pid and host"
+            )
     crashes = result["crashes"]
     if crashes:
         if lines:
             lines.append("")
-        lines.append(f"{len(crashes)} crash report{'s' if len(crashes) != 1 else ''}:")
+        lines.append(f"{_plural(len(crashes), 'crash report')}:")
         for crash in crashes:
+            pid = "?" if crash["pid"] is None else crash["pid"]
             lines.append(
-                f"  rank {crash['rank']} (pid {crash['pid']}): {crash['exception']} at "
+                f"  rank {crash['rank']} (pid {pid}): {crash['exception']} at "
                 f"{crash['frame']}  [{crash['file']}]"
             )
-    return "\n".join(lines)
+    # Every field was escaped when it was read; escaping each line again costs nothing and
+    # keeps any one line from ever holding a raw line break or control character.
+    return [safetext.escape(line) for line in lines]
+
+
+def format_report(result: Mapping[str, Any]) -> str:
+    """The report for people (:func:`report_lines` joined)."""
+    return "\n".join(report_lines(result))
+
+
+def _say(message: str) -> None:
+    print(f"amldbg stacks: {safetext.escape(message)}", file=sys.stderr)
 
 
 def cmd_stacks(args: argparse.Namespace, out: TextIO) -> int:
     """Compare the ranks' stack dumps and list the crash reports."""
     collector = collect(getattr(args, "paths", []) or [], sys.stdin)
-    for place in collector.skipped[:20]:
-        print(f"amldbg stacks: skipped a damaged dump at {clean(place)}", file=sys.stderr)
-    if len(collector.skipped) > 20:
-        print(f"amldbg stacks: skipped {len(collector.skipped) - 20} more", file=sys.stderr)
+    for message in collector.notes[:_MAX_NOTES]:
+        _say(message)
+    if len(collector.notes) > _MAX_NOTES:
+        _say(f"{len(collector.notes) - _MAX_NOTES} more damaged, rejected or unreadable inputs not listed")
+    if collector.cut_lines:
+        _say(
+            f"{_plural(collector.cut_lines, 'line')} longer than {joblogs.MAX_LINE // 1024} KiB "
+            "read only in part"
+        )
     result = analyse(collector)
     found = bool(result["groups"] or result["crashes"])
     if getattr(args, "json", False):
-        out.write(json.dumps(result, indent=2) + "\n")
+        # ensure_ascii: every control, bidi or separator character is written as an escape.
+        out.write(json.dumps(result, indent=2, ensure_ascii=True) + "\n")
         return EXIT_OK if found else EXIT_NEGATIVE
     if not found:
-        print("amldbg stacks: no stack dump or crash report in the given input", file=sys.stderr)
+        _say("no stack dump or crash report in the given input")
         return EXIT_NEGATIVE
     out.write(format_report(result) + "\n")
     return EXIT_OK

@@ -102,6 +102,26 @@ def _base64(found: re.Match[str]) -> str:
     return MASK
 
 
+# A quoted value given a name: ``api_key="..."``, ``token='...'``, ``"password": "..."`` (source
+# lines, reprs of dicts and keyword calls). The value is hidden when the name is a secret's
+# (:func:`is_secret_name`); quotes and escapes inside the value are honoured.
+_NAMED_QUOTED = re.compile(
+    # "name": 'value' (a dict or JSON) or name='value' (a call, an assignment); an unquoted
+    # name before ":" is prose ("KeyError: 'k'"), not a field.
+    r"""(?:(?P<q>['"])(?P<quoted>[A-Za-z_][A-Za-z0-9_.-]{0,80})(?P=q)\s*[:=]|"""
+    r"""(?P<name>\b[A-Za-z_][A-Za-z0-9_.-]{0,80})\s*=)\s*"""
+    r"""(?P<value>'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")"""
+)
+
+
+def _named_quoted(found: re.Match[str]) -> str:
+    value = found.group("value")
+    name = found.group("quoted") or found.group("name") or ""
+    if len(value) <= 2 or not is_secret_name(name) or value[1:-1] == MASK:
+        return found.group(0)
+    return found.group(0)[: found.start("value") - found.start(0)] + value[0] + MASK + value[-1]
+
+
 def is_secret_name(name: str) -> bool:
     """True when a variable's name says its value is a secret (key, token, password...)."""
     return bool(_SECRET_NAME.search(str(name)))
@@ -114,6 +134,8 @@ def mask_value(text: str) -> str:
     ``DefaultEndpointsProtocol=https;AccountName=a;AccountKey=k==`` keeps its account name.
     """
     value = str(text)
+    if "=" in value or ":" in value:
+        value = _NAMED_QUOTED.sub(_named_quoted, value)
     for pattern, replacement in _RULES:
         value = pattern.sub(replacement, value)
     return _BASE64.sub(_base64, value)

@@ -37,7 +37,7 @@ from typing import Any
 from amldbg.core import announce, environment, runtime
 from amldbg.core.guard import describe
 from amldbg.core.settings import DebugSettings
-from amldbg.diagnostics import stacks
+from amldbg.diagnostics import registry, stacks
 
 __all__ = ["arm", "disarm", "is_armed"]
 
@@ -135,6 +135,7 @@ def _arm(topology: environment.Topology) -> bool:
     if "SIGUSR2" in names:
         actions.append(f"kill -USR2 {os.getpid()} starts the debugger")
     announce.info(f"on-demand triggers armed on rank {topology.rank}: " + "; ".join(actions))
+    registry.register(names)  # what `amldbg signal` reads; never raises
     return True
 
 
@@ -263,6 +264,7 @@ def disarm() -> None:
         _installed.clear()
         _close_write_end()  # the reader reads end-of-file, closes its end and ends
         _reader = None
+        registry.unregister()
 
 
 def is_armed() -> bool:

@@ -33,10 +33,11 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import IO, Any, AnyStr, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from amldbg._version import __version__
-from amldbg.core import announce, environment, secrets
+from amldbg.core import announce, environment, joblogs, secrets
+from amldbg.core.joblogs import LineReader
 
 #: Marks the snapshot line a script writes to the driver log; ``amldbg env diff`` reads it.
 SNAPSHOT_MARKER = "amldbg env snapshot: "
@@ -317,64 +318,13 @@ class SnapshotError(Exception):
     """A snapshot file could not be read; the message says why in one line."""
 
 
-#: The longest line kept whole when reading logs; the rest of a longer line is skipped.
-MAX_LINE = 1 << 20
+#: The longest line kept whole when reading logs; the rest of a longer line is skipped
+#: (:class:`amldbg.core.joblogs.LineReader`, the one bounded line reader).
+MAX_LINE = joblogs.MAX_LINE
 #: The largest snapshot read as one JSON document (a log is read line by line instead).
 MAX_SNAPSHOT_FILE = 64 << 20
 # A driver-log snapshot line of a large environment is long, but not this long.
 _MAX_SNAPSHOT_LINE = 16 << 20
-
-
-class LineReader:
-    """The lines of a log, read in bounded chunks: memory stays bounded whatever the input.
-
-    Iterating yields each line without its line ending, decoded as UTF-8 with undecodable
-    bytes replaced (from a binary stream), or as read (from a text stream). A line longer
-    than ``max_line`` characters is cut to its first ``max_line`` and counted in
-    :attr:`cut`: a 200 MB log without a line break costs ``max_line``, not 200 MB.
-    """
-
-    def __init__(self, stream: IO[Any], max_line: int = MAX_LINE, chunk: int = 1 << 20) -> None:
-        self._stream = stream
-        self.max_line = max_line
-        self._chunk = chunk
-        #: How many lines were longer than ``max_line`` and read only in part.
-        self.cut = 0
-
-    def __iter__(self) -> Iterator[str]:
-        first = self._stream.read(self._chunk)
-        if isinstance(first, bytes):
-            for raw in self._lines(first, b"\n", b""):
-                yield raw.decode("utf-8", "replace").rstrip("\r")
-        else:
-            for text in self._lines(first, "\n", ""):
-                yield text.rstrip("\r")
-
-    def _lines(self, chunk: AnyStr, newline: AnyStr, empty: AnyStr) -> Iterator[AnyStr]:
-        pieces: list[AnyStr] = []
-        size = 0
-        dropping = False
-        while chunk:
-            start = 0
-            while True:
-                end = chunk.find(newline, start)
-                piece = chunk[start:] if end < 0 else chunk[start:end]
-                if not dropping:
-                    room = self.max_line - size
-                    if len(piece) > room:
-                        piece = piece[:room]
-                        dropping = True
-                        self.cut += 1
-                    pieces.append(piece)
-                    size += len(piece)
-                if end < 0:
-                    break
-                yield empty.join(pieces)
-                pieces, size, dropping = [], 0, False
-                start = end + 1
-            chunk = self._stream.read(self._chunk)
-        if size or dropping:
-            yield empty.join(pieces)
 
 
 def _read_snapshot_data(path: str | os.PathLike[str]) -> Any:

@@ -30,19 +30,16 @@ import itertools
 import json
 import linecache
 import os
-import re
-import reprlib
 import socket
 import sys
 import sysconfig
 import threading
 import time
-import types
 from types import CodeType, FrameType, TracebackType
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from amldbg.core import announce, environment
-from amldbg.core import secrets as core_secrets
+from amldbg.core import announce, environment, forksafe, safetext, secrets
+from amldbg.diagnostics import values
 
 #: Marks the machine-readable dump line in the driver log; ``amldbg stacks`` reads it.
 STACKS_MARKER = "amldbg stacks: "
@@ -61,176 +58,43 @@ MAX_FRAMES = 24
 MAX_VALUE_FRAMES = 4
 #: Local values recorded per frame.
 MAX_LOCALS = 24
-#: Characters of one value's repr.
-MAX_REPR = 160
+#: Characters of one value's text.
+MAX_REPR = values.MAX_REPR
 #: Seconds one capture may spend on values; past it, frames are recorded without values.
 TIME_BUDGET = 1.0
-HIDDEN = "<hidden>"
+#: Seconds a trigger waits for a dump already being written before it gives up (a dump
+#: whose output blocks must not block the next trigger, or the main thread, for ever).
+LOCK_WAIT = 2.0
+HIDDEN = secrets.MASK
 
 _counter = itertools.count(1)
 # The pid that imported amldbg: a forked child (a data loader worker) that dumps says whose
 # child it is, so that `amldbg stacks` does not take it for its rank's main process.
 _ORIGIN_PID = os.getpid()
-_write_lock = threading.Lock()
-
-# A local's name that says its value is a secret; the core's rule is used when present.
-_SECRET_NAME = re.compile(
-    r"token|secret|passw(or)?d|(^|_)key($|_)|apikey|api_key|access_key|private|credential|"
-    r"connection_string|conn_str|(^|_)sas($|_)|signature|(^|_)auth|cookie|instrumentationkey",
-    re.IGNORECASE,
-)
-_SECRET_VALUE = re.compile(
-    r"(InstrumentationKey|AccountKey|SharedAccessKey|Password|sig)=[^;&\s'\"]+|"
-    r"\beyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}[.A-Za-z0-9_-]*|Bearer\s+[A-Za-z0-9._~+/=-]+|"
-    r"(://[^/\s:@]+:)[^/\s@]+@",
-    re.IGNORECASE,
-)
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-_NOISE = (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type)
-_ARRAY_MODULES = ("torch", "numpy", "jax", "jaxlib", "tensorflow", "cupy", "pandas")
-
-
-# -- secrets ----------------------------------------------------------------------------------
-# amldbg.core.secrets is the package's rule; the local patterns below add the shapes a repr
-# takes (quoted dict keys, a key=value inside a longer string) and only ever hide more.
-def is_secret_name(name: str) -> bool:
-    """True when a variable called ``name`` probably holds a secret."""
-    with contextlib.suppress(Exception):
-        if core_secrets.is_secret_name(name):
-            return True
-    return bool(_SECRET_NAME.search(name))
-
-
-def mask_text(text: str) -> str:
-    """``text`` with credential-looking parts (keys in connection strings, SAS signatures,
-    JWTs, bearer tokens, passwords in URLs) replaced by ``<hidden>``."""
-    with contextlib.suppress(Exception):
-        text = str(core_secrets.mask_value(text))
-
-    def hide(match: re.Match[str]) -> str:
-        if match.group(2):  # a URL's user: keep it, hide the password
-            return match.group(2) + HIDDEN + "@"
-        whole = match.group(0)
-        if match.group(1):
-            return match.group(1) + "=" + HIDDEN
-        if whole.lower().startswith("bearer"):
-            return "Bearer " + HIDDEN
-        return HIDDEN
-
-    return _SECRET_VALUE.sub(hide, text)
-
-
-def clean(text: str) -> str:
-    """``text`` with control characters escaped (``\\x1b``), safe to print to a terminal."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group(0)):02x}", text)
+_write_lock = forksafe.lock()
+# The output folder, made absolute when a diagnostic is armed (see resolve_output_dir).
+_output_dir: str | None = None
 
 
 # -- values -----------------------------------------------------------------------------------
-class _BoundedRepr(reprlib.Repr):
-    def __init__(self) -> None:
-        super().__init__()
-        self.maxlevel = 2
-        self.maxdict = 6
-        self.maxlist = self.maxtuple = self.maxset = self.maxfrozenset = self.maxdeque = 6
-        self.maxarray = 6
-        self.maxstring = MAX_REPR
-        self.maxlong = 40
-        self.maxother = MAX_REPR
-
-    def repr1(self, x: Any, level: int) -> str:
-        described = _array_summary(x)
-        if described is not None:
-            return described
-        if isinstance(x, dict) and level > 0:
-            return self._dict(x, level)
-        try:
-            return super().repr1(x, level)
-        except Exception as error:
-            return f"<{type(x).__name__}: repr failed: {type(error).__name__}>"
-
-    def _dict(self, x: Mapping[Any, Any], level: int) -> str:
-        # A mapping's secret-looking keys keep their names but not their values.
-        if not x:
-            return "{}"
-        if level <= 1:
-            return "{...}"
-        pieces = []
-        for key, value in itertools.islice(x.items(), self.maxdict):
-            shown = HIDDEN if isinstance(key, str) and is_secret_name(key) else self.repr1(
-                value, level - 1
-            )
-            pieces.append(f"{self.repr1(key, level - 1)}: {shown}")
-        if len(x) > self.maxdict:
-            pieces.append("...")
-        return "{" + ", ".join(pieces) + "}"
-
-    def repr_instance(self, x: Any, level: int) -> str:
-        try:
-            text = repr(x)
-        except Exception as error:
-            return f"<{type(x).__name__} object: repr failed: {type(error).__name__}>"
-        if not isinstance(text, str):
-            return f"<{type(x).__name__} object>"
-        if len(text) > self.maxother:
-            keep = self.maxother - 3
-            text = text[: keep // 2] + "..." + text[len(text) - keep // 2:]
-        return text
-
-
-_repr = _BoundedRepr()
-
-
-def _array_summary(value: Any) -> str | None:
-    kind = type(value)
-    module = getattr(kind, "__module__", "") or ""
-    if module.split(".")[0] not in _ARRAY_MODULES:
-        return None
-    try:
-        shape = getattr(value, "shape", None)
-        if shape is None:
-            return None
-        parts = [f"shape={tuple(shape)}"]
-        for attribute in ("dtype", "device"):
-            found = getattr(value, attribute, None)
-            if found is not None and not callable(found):
-                parts.append(f"{attribute}={found}")
-        return f"<{kind.__name__} {' '.join(parts)}>"
-    except Exception:
-        return f"<{kind.__name__}>"
-
-
 def safe_repr(value: Any, limit: int = MAX_REPR) -> str:
-    """A bounded, secret-masked, control-character-free repr of ``value``; never raises."""
-    try:
-        text = _repr.repr(value)
-    except Exception as error:
-        text = f"<{type(value).__name__}: repr failed: {type(error).__name__}>"
-    except BaseException:  # e.g. a __repr__ that calls sys.exit: not ours to act on
-        text = f"<{type(value).__name__}: repr failed>"
-    if len(text) > limit:
-        text = text[: limit - 3] + "..."
-    return clean(mask_text(text))
+    """A bounded, secret-masked, one-line text of ``value``, made without running any of its
+    code (:func:`amldbg.diagnostics.values.describe`); never raises."""
+    return values.describe(value, limit)
 
 
 def frame_locals(frame: FrameType, deadline: float) -> dict[str, str]:
-    """The local values of ``frame`` as bounded reprs (secret names hidden), until ``deadline``
-    (a ``time.monotonic()`` value)."""
+    """The local values of ``frame`` (:func:`safe_repr`, secret names hidden), until
+    ``deadline`` (a ``time.monotonic()`` value). A module frame's imports, functions and
+    classes are left out before the :data:`MAX_LOCALS` are counted, so that a flat script
+    shows its own values."""
     try:
         names = dict(frame.f_locals)
     except Exception:
         return {}
-    shown: dict[str, str] = {}
-    for name, value in itertools.islice(names.items(), MAX_LOCALS):
-        if time.monotonic() > deadline:
-            shown["..."] = "time budget spent"
-            break
-        name = clean(str(name))[:80]
-        if (name.startswith("__") and name.endswith("__")) or isinstance(value, _NOISE):
-            continue  # modules, functions, classes: a module frame's imports say nothing
-        shown[name] = HIDDEN if is_secret_name(name) else safe_repr(value)
-    if len(names) > MAX_LOCALS:
-        shown["..."] = f"{len(names) - MAX_LOCALS} more"
-    return shown
+    return values.frame_values(
+        iter(dict.items(names)), MAX_LOCALS, lambda: time.monotonic() > deadline
+    )
 
 
 # -- frames -----------------------------------------------------------------------------------
@@ -266,9 +130,9 @@ def _frame_record(
     line = lineno if lineno is not None else (frame.f_lineno or 0)
     filename = code.co_filename
     record: dict[str, Any] = {
-        "file": clean(filename),
+        "file": safetext.escape(filename),
         "line": line,
-        "function": clean(getattr(code, "co_qualname", code.co_name)),
+        "function": safetext.escape(getattr(code, "co_qualname", code.co_name)),
         "library": is_library_file(filename),
     }
     try:
@@ -276,7 +140,8 @@ def _frame_record(
     except Exception:
         source = ""
     if source:
-        record["code"] = clean(mask_text(source[:200]))
+        # Masked whole, then cut: `connect(api_key="...")` hides its key wherever it is.
+        record["code"] = safetext.safe(source, 200)
     if with_values:
         record["locals"] = frame_locals(frame, deadline)
     return record
@@ -322,7 +187,7 @@ def _topology_fields() -> dict[str, Any]:
         "node_rank": topology.node_rank,
         "launcher": topology.launcher,
         "pid": os.getpid(),
-        "host": clean(socket.gethostname()),
+        "host": safetext.escape(socket.gethostname()),
     }
 
 
@@ -335,6 +200,35 @@ def _below(frame: FrameType | None, own_code: set[CodeType]) -> FrameType | None
     while frame is not None and frame.f_code in own_code:
         frame = frame.f_back
     return frame
+
+
+def _threads_by_ident() -> dict[int, tuple[str, bool | None]]:
+    """Each thread's name and daemon flag, read from the Thread objects' own fields: a
+    subclass's ``name`` or ``daemon`` property is script code and is not run."""
+    found: dict[int, tuple[str, bool | None]] = {}
+    active = getattr(threading, "_active", None)
+    try:
+        threads = list(dict.values(active)) if type(active) is dict else threading.enumerate()
+    except RuntimeError:  # a thread started or ended while the table was copied
+        threads = threading.enumerate()
+    for thread in threads:
+        fields = vars_of(thread)
+        ident, name, daemon = fields.get("_ident"), fields.get("_name"), fields.get("_daemonic")
+        if type(ident) is int:
+            found[ident] = (
+                name if type(name) is str else f"thread {ident}",
+                daemon if type(daemon) is bool else None,
+            )
+    return found
+
+
+def vars_of(instance: Any) -> dict[str, Any]:
+    """The instance's own ``__dict__`` when it is a plain dict, read without running code."""
+    try:
+        namespace = object.__getattribute__(instance, "__dict__")
+    except Exception:
+        return {}
+    return namespace if type(namespace) is dict else {}
 
 
 def capture(
@@ -356,26 +250,26 @@ def capture(
     deadline = time.monotonic() + budget
     skip = set(skip_threads)
     own_code = set(skip_code)
-    names = {thread.ident: thread for thread in threading.enumerate()}
+    names = _threads_by_ident()
     main_ident = threading.main_thread().ident
     frames = sys._current_frames()
     threads = []
     order = sorted(frames, key=lambda ident: (ident != main_ident, ident))
     for ident in order:
-        thread = names.get(ident)
-        if ident in skip or (thread is not None and thread.name.startswith("amldbg-")):
+        name, daemon = names.get(ident, (f"thread {ident}", None))
+        if ident in skip or name.startswith("amldbg-"):
             continue  # amldbg's own watchdog and trigger threads
         threads.append({
-            "name": clean(thread.name if thread is not None else f"thread {ident}")[:100],
+            "name": safetext.safe(name, 100),
             "ident": ident,
             "main": ident == main_ident,
-            "daemon": bool(thread.daemon) if thread is not None else None,
+            "daemon": daemon,
             "frames": frames_of(_below(frames[ident], own_code), deadline),
         })
     dump = {
         "amldbg_stacks": DUMP_FORMAT,
         "reason": reason,
-        "detail": clean(mask_text(detail))[:500],
+        "detail": safetext.safe(detail, 500),
         "time": _now(),
         "seq": next(_counter),
         **_topology_fields(),
@@ -386,19 +280,43 @@ def capture(
     return dump
 
 
+def resolve_output_dir() -> str:
+    """Fix the folder dumps and crash reports go to, as an absolute path, and return it:
+    ``$AMLDBG_DIAGNOSTICS_DIR``, else ``outputs/amldbg`` under the working directory *now*.
+
+    Called when a diagnostic is armed, so that a script that later ``os.chdir``s into its
+    data folder still writes its reports where Azure ML uploads them. The first call wins.
+    """
+    global _output_dir
+    if _output_dir is None:
+        _output_dir = os.path.abspath(os.environ.get(OUTPUT_DIR_ENV) or OUTPUT_DIR)
+    return _output_dir
+
+
 def output_dir() -> str:
-    """Where dumps and crash reports are written: ``$AMLDBG_DIAGNOSTICS_DIR``, else
-    ``outputs/amldbg`` under the working directory."""
-    return os.environ.get(OUTPUT_DIR_ENV) or OUTPUT_DIR
+    """Where dumps and crash reports are written: the folder fixed when a diagnostic was
+    armed (:func:`resolve_output_dir`), else resolved now."""
+    return _output_dir or resolve_output_dir()
+
+
+def forget_output_dir() -> None:
+    """Resolve the output folder again at the next arm (tests change it between cases)."""
+    global _output_dir
+    _output_dir = None
+
+
+def _unknown(value: Any) -> str:
+    # json.dumps' fallback: never str() of an object that is not amldbg's own.
+    return f"<{values.type_name(type(value))}>"
 
 
 def _write_json(path: str, payload: Mapping[str, Any]) -> str | None:
     try:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        temporary = path + ".tmp"
-        with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=1, default=str)
-            handle.write("\n")
+        temporary = f"{path}.{os.getpid()}.tmp"
+        text = json.dumps(payload, indent=1, default=_unknown) + "\n"
+        # 0600 from the start: the file holds local values of the script.
+        secrets.write_private(temporary, text)
         os.replace(temporary, path)  # a reader never sees half a file
         return path
     except Exception as error:
@@ -484,10 +402,17 @@ def write_dump(
     """Capture the stacks and write them to the driver log and a JSON file; return its path.
 
     Never raises: a failure is one warning line. Dumps of one process are serialised, so
-    two triggers at once write two whole dumps.
+    two triggers at once write two whole dumps; a trigger that finds a dump still being
+    written after :data:`LOCK_WAIT` seconds (its output blocked) gives up with one line.
     """
     try:
-        with _write_lock:
+        if not _write_lock.acquire(timeout=LOCK_WAIT):
+            announce.warn_once(
+                "stacks:busy", f"a stack dump was skipped: the previous one is still being "
+                f"written after {announce.seconds(LOCK_WAIT)} s"
+            )
+            return None
+        try:
             dump = capture(reason, detail, skip_threads=skip_threads, skip_code=skip_code)
             directory = directory or output_dir()
             name = f"stacks-rank{dump['rank']}-pid{dump['pid']}-{dump['seq']}.json"
@@ -507,8 +432,10 @@ def write_dump(
                 # into them; every readable line names its rank.
                 announce.say(summary_line({**dump, "file": dump_file}))
                 for text_line in format_dump(dump):
-                    announce.say(announce.PREFIX + text_line[:LINE_LIMIT])
+                    announce.say(announce.PREFIX + safetext.shorten(text_line, LINE_LIMIT))
             return path
+        finally:
+            _write_lock.release()
     except Exception as error:  # a dump must never stop the script it describes
         announce.warn_once(f"stacks:{type(error).__name__}", f"could not dump the stacks: {error}")
         return None
@@ -528,7 +455,7 @@ def _environment_summary() -> dict[str, Any]:
             "env": snapshot.get("env"),
         }
     except Exception as error:
-        return {"error": clean(str(error))[:200]}
+        return {"error": safetext.safe(error, 200)}
 
 
 def masked_argv(argv: Sequence[str]) -> list[str]:
@@ -543,25 +470,35 @@ def masked_argv(argv: Sequence[str]) -> list[str]:
             continue
         if arg.startswith("-"):
             name, equals, _ = arg.partition("=")
-            if is_secret_name(name.lstrip("-")):
+            if secrets.is_secret_name(name.lstrip("-")):
                 if equals:
                     shown.append(name + "=" + HIDDEN)
                 else:
                     shown.append(arg)
                     hide_next = True
                 continue
-        shown.append(clean(mask_text(arg))[:200])
+        shown.append(safetext.safe(arg, 200))
     return shown
 
 
 def _exception_text(exc: BaseException) -> str:
+    # Never the exception's own __str__: it may raise, block or print a secret.
+    return values.exception_text(exc, 500)
+
+
+def _exception_field(exc: BaseException, name: str) -> Any:
+    """``exc.__cause__`` and friends from BaseException's own C descriptors."""
     try:
-        text = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
+        return BaseException.__dict__[name].__get__(exc)
     except Exception:
-        text = type(exc).__name__
-    if len(text) > 500:
-        text = text[:497] + "..."
-    return clean(mask_text(text))
+        return None
+
+
+def _next_in_chain(exc: BaseException) -> BaseException | None:
+    cause = _exception_field(exc, "__cause__")
+    if cause is None and not _exception_field(exc, "__suppress_context__"):
+        cause = _exception_field(exc, "__context__")
+    return cause if isinstance(cause, BaseException) else None
 
 
 def write_crash_report(
@@ -584,24 +521,24 @@ def write_crash_report(
         deadline = time.monotonic() + TIME_BUDGET
         chain: list[dict[str, Any]] = []
         seen = {id(exc)}
-        cause = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+        cause = _next_in_chain(exc)
         while cause is not None and id(cause) not in seen and len(chain) < 5:
             seen.add(id(cause))
             chain.append({
                 "exception": _exception_text(cause),
-                "frames": traceback_frames(cause.__traceback__, deadline),
+                "frames": traceback_frames(_exception_field(cause, "__traceback__"), deadline),
             })
-            cause = cause.__cause__ or (None if cause.__suppress_context__ else cause.__context__)
+            cause = _next_in_chain(cause)
         frames = traceback_frames(tb, deadline)
         report = {
             "amldbg_crash": DUMP_FORMAT,
             "exception": _exception_text(exc),
-            "type": clean(f"{exc_type.__module__}.{exc_type.__qualname__}"),
-            "where": clean(where),
+            "type": safetext.escape(values.type_name(exc_type)),
+            "where": safetext.safe(where, 200),
             "time": _now(),
             **_topology_fields(),
             "argv": masked_argv(sys.argv[:50]),
-            "cwd": clean(os.getcwd()),
+            "cwd": safetext.escape(os.getcwd()),
             "frames": frames,
             "chain": chain,
             "environment": environment_summary(),
@@ -628,25 +565,40 @@ def write_crash_report(
         return None
 
 
-_REPORTED_ATTR = "__amldbg_crash_report__"
-_reported_ids: set[int] = set()
+# Exceptions already handled, by identity: setting a marker attribute on the exception would
+# run its class's __setattr__ (script code). Kept alive (a few, bounded) so that an id is
+# never reused by another exception while it is listed.
+_handled: dict[str, list[BaseException]] = {}
+_HANDLED_KEEP = 64
+
+
+def first_time(exc: BaseException, what: str) -> bool:
+    """True the first time ``exc`` is seen for ``what`` (``"crash report"``, ``"post-mortem"``)."""
+    seen = _handled.setdefault(what, [])
+    if any(known is exc for known in seen):
+        return False
+    seen.append(exc)
+    del seen[:-_HANDLED_KEEP]
+    return True
 
 
 def write_crash_report_once(
     exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None, where: str
 ) -> str | None:
     """:func:`write_crash_report`, unless this exception already has a report."""
-    if getattr(exc, _REPORTED_ATTR, False) or id(exc) in _reported_ids:
+    if not first_time(exc, "crash report"):
         return None
-    try:
-        setattr(exc, _REPORTED_ATTR, True)
-    except Exception:  # an exception type with __slots__
-        _reported_ids.add(id(exc))
     return write_crash_report(exc_type, exc, tb, where)
 
 
-_hooks_lock = threading.Lock()
+_hooks_lock = forksafe.lock()
 _crash_hooks: tuple[Any, Any] | None = None
+
+
+def _thread_name(thread: Any) -> str:
+    """A thread's name from its own fields (a subclass's ``name`` property is not run)."""
+    name = vars_of(thread).get("_name")
+    return name if type(name) is str else "a thread"
 
 
 def install_crash_hooks() -> None:
@@ -657,6 +609,7 @@ def install_crash_hooks() -> None:
     with _hooks_lock:
         if _crash_hooks is not None:
             return
+        resolve_output_dir()
         previous_hook = sys.excepthook
         previous_threading_hook = threading.excepthook
 
@@ -674,7 +627,7 @@ def install_crash_hooks() -> None:
                 if args.exc_value is not None and args.exc_traceback is not None and not issubclass(
                     args.exc_type, (KeyboardInterrupt, SystemExit)
                 ):
-                    name = getattr(args.thread, "name", "a thread")
+                    name = _thread_name(args.thread)
                     write_crash_report_once(
                         args.exc_type, args.exc_value, args.exc_traceback, f"thread {name!r}"
                     )

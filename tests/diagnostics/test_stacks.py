@@ -66,8 +66,9 @@ def test_dump_shows_every_thread_with_bounded_masked_values(
     assert values["api_token"] == "<hidden>"
     assert "s3cr3tvalue" not in values["conn"] and "<hidden>" in values["conn"]
     assert "hunter2" not in values["settings"] and "'lr': 0.1" in values["settings"]
-    assert "repr failed" in values["hostile"]
-    assert len(values["huge"]) <= stacks.MAX_REPR
+    # Neither __repr__ is run: an object is shown by its type (and fields, none here).
+    assert values["hostile"] == "<test_stacks.Hostile object>"
+    assert values["huge"] == "<test_stacks.Huge object>"
     assert "\x07" not in values["escape"] and "\\x07" in values["escape"]
     assert frame["code"].startswith("release.wait")
     # The driver log: one machine line with the file, then readable lines, never a secret.
