@@ -194,21 +194,20 @@ def _folder(
         if key in folders:
             return
         folders.add(key)
-    found: list[tuple[Path, tuple[int, int] | None]] = []
+    found: list[tuple[bool, Path, tuple[int, int] | None]] = []
     problems: list[Unreadable] = []
     # Real folders first, then the linked ones whose target was not entered already: the
     # files are named by their real path when they have one, and a link loop ends.
     pending: list[Path] = [root]
-    linked: list[tuple[Path, tuple[int, int] | None]] = []
+    linked: list[tuple[Path, tuple[int, int]]] = []
     while pending or linked:
         if pending:
             folder = pending.pop()
         else:
-            folder, target = linked.pop(0)
-            if target is not None:
-                if target in folders:
-                    continue
-                folders.add(target)
+            folder, linked_key = linked.pop(0)
+            if linked_key in folders:
+                continue
+            folders.add(linked_key)
         try:
             with os.scandir(folder) as listing:
                 entries = list(listing)
@@ -226,6 +225,10 @@ def _folder(
                     problems.append(Unreadable(entry.path, reason(error)))
                 continue
             if stat.S_ISDIR(entry_info.st_mode):
+                if not entry_info.st_ino:
+                    # Windows' DirEntry.stat() leaves st_ino at 0; os.stat() fills it in.
+                    with contextlib.suppress(OSError):
+                        entry_info = os.stat(entry.path)
                 target = _key(entry_info)
                 if is_link:
                     if target is not None:  # without inode numbers a loop cannot be seen
@@ -235,12 +238,16 @@ def _folder(
                         folders.add(target)
                     pending.append(Path(entry.path))
             elif wanted and stat.S_ISREG(entry_info.st_mode):
-                found.append((Path(entry.path), _key(entry_info)))
-    for path, file_key in sorted(found, key=lambda item: item[0]):
+                found.append((is_link, Path(entry.path), _key(entry_info)))
+    # A file reached twice is read once, by its real name when one of the names is real.
+    chosen: list[Path] = []
+    for _, path, file_key in sorted(found, key=lambda item: (item[0], item[1])):
         if file_key is not None:
             if file_key in files:
                 continue
             files.add(file_key)
+        chosen.append(path)
+    for path in sorted(chosen):
         yield JobFile(path, found=True)
     yield from sorted(problems, key=lambda problem: problem.path)
 

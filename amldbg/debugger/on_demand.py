@@ -17,6 +17,13 @@ thread and child process started later (data loader workers, ``subprocess``), wh
 silently break their own signal handling; threads started earlier (torch's, debugpy's) do
 not have it blocked, and the default action of SIGUSR1 would still end the process there.
 
+Only while amldbg owns the signal: when the script or a framework installs its own handler
+after amldbg (Lightning's requeue handler, submitit's preemption handler do so during
+``fit``), amldbg stops acting on that signal at once, says so in one line (the reader checks
+every :data:`OWNERSHIP_CHECK` seconds and at every signal), and takes it up again, with one
+more line, if that handler is later put back to amldbg's. A SIGUSR2 that is no longer amldbg's
+never starts a debugger.
+
 What amldbg never does: replace a handler that the script or a framework installed (it
 checks for ``SIG_DFL`` first and says which trigger is left), or install anything in the
 inference server's gunicorn processes (gunicorn uses SIGUSR1 to reopen logs and SIGUSR2 to
@@ -29,19 +36,25 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import select
 import signal
 import sys
 import threading
 from typing import Any
 
-from amldbg.core import announce, environment, runtime
+from amldbg.core import announce, environment, forksafe, runtime
 from amldbg.core.guard import describe
 from amldbg.core.settings import DebugSettings
 from amldbg.diagnostics import registry, stacks
 
-__all__ = ["arm", "disarm", "is_armed"]
+__all__ = ["arm", "disarm", "is_armed", "owned_signals"]
 
-_lock = threading.Lock()
+#: Seconds between two checks, by the reader thread, that amldbg still owns its signals.
+OWNERSHIP_CHECK = 2.0
+
+_lock = forksafe.lock()
+# Signals amldbg installed but whose handler someone else has replaced since: not acted on.
+_lost: set[int] = set()
 _settings: DebugSettings | None = None
 _installed: dict[int, Any] = {}  # signal number -> the handler that was there before
 _read_fd = -1
@@ -113,6 +126,7 @@ def _arm(topology: environment.Topology) -> bool:
         _installed[number] = current
     if not _installed:
         return False
+    stacks.resolve_output_dir()
     try:
         _read_fd, _write_fd = os.pipe()
         os.set_blocking(_write_fd, False)
@@ -164,24 +178,67 @@ def _read_loop() -> None:
     try:
         while True:
             try:
+                ready, _, _ = select.select([fd], [], [], OWNERSHIP_CHECK)
+                if not ready:
+                    _check_ownership()
+                    continue
                 data = os.read(fd, 64)
             except InterruptedError:
                 continue
-            except OSError:
+            except (OSError, ValueError):
                 return
             if not data:  # disarm() closed the write end
                 return
             for number in data:
-                if number in _installed:
+                # The wakeup fd receives every signal that has a Python handler, ours or not.
+                if number in _installed and _owns(number):
                     _act(number)
     finally:
         with contextlib.suppress(OSError):
             os.close(fd)
 
 
+def _owns(number: int) -> bool:
+    """True while amldbg's handler is the one installed for ``number``; says once when that
+    changes, either way."""
+    try:
+        ours = signal.getsignal(number) is _handler
+    except (OSError, ValueError):
+        ours = False
+    name = _signals().get(number, str(number))
+    if not ours and number not in _lost:
+        _lost.add(number)
+        what = "stack dumps" if name == "SIGUSR1" else "starting the debugger"
+        announce.info(
+            f"{name} now has another handler (installed by the script or a framework after "
+            f"amldbg): amldbg no longer acts on it, so {what} on demand is off"
+        )
+        registry.update(owned_signals())
+    elif ours and number in _lost:
+        _lost.discard(number)
+        announce.info(f"{name} is amldbg's again: on-demand triggers act on it")
+        registry.update(owned_signals())
+    return ours
+
+
+def _check_ownership() -> None:
+    for number in list(_installed):
+        _owns(number)
+
+
+def owned_signals() -> list[str]:
+    """The names of the signals amldbg acts on now (``SIGUSR1``, ``SIGUSR2``)."""
+    names = _signals()
+    return [names[number] for number in sorted(_installed) if number not in _lost and number in names]
+
+
 def _handler(number: int, frame: Any) -> None:
-    # Runs in the main thread. When the pipe is still the wakeup fd, the reader thread has
-    # already acted (or is acting) on this signal.
+    # Runs in the main thread. A handler installed after amldbg's that calls it on (chains
+    # it) does not make the signal amldbg's again.
+    if not _owns(number):
+        return
+    # When the pipe is still the wakeup fd, the reader thread has already acted (or is
+    # acting) on this signal.
     if _write_fd >= 0:
         try:
             current = signal.set_wakeup_fd(_write_fd, warn_on_full_buffer=False)
@@ -262,6 +319,7 @@ def disarm() -> None:
                 except (OSError, ValueError):
                     pass
         _installed.clear()
+        _lost.clear()
         _close_write_end()  # the reader reads end-of-file, closes its end and ends
         _reader = None
         registry.unregister()

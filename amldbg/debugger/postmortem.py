@@ -24,14 +24,14 @@ import threading
 from types import TracebackType
 from typing import Any, Callable
 
-from amldbg.core import announce, environment
+from amldbg.core import announce, environment, forksafe
 from amldbg.core import settings as settings_module
 from amldbg.core.guard import describe
 from amldbg.core.settings import DebugSettings
 from amldbg.debugger import session as sessions
 from amldbg.debugger import start
+from amldbg.diagnostics import stacks, values
 
-_HANDLED_ATTR = "__amldbg_post_mortem__"
 # threading.__excepthook__ exists only from Python 3.10; this is the same hook, kept at import.
 _ORIGINAL_THREADING_EXCEPTHOOK = threading.excepthook
 _STAYS_OPEN = (
@@ -39,7 +39,7 @@ _STAYS_OPEN = (
     "listener); a client can still attach to it"
 )
 
-_lock = threading.RLock()
+_lock = forksafe.rlock()
 _settings: DebugSettings | None = None
 _hooks_installed = False
 _previous_excepthook: Callable[..., Any] | None = None
@@ -47,7 +47,6 @@ _previous_threading_excepthook: Callable[..., Any] | None = None
 # A long-running process (a scoring server) may raise many times: only the first
 # post-mortem waits for a client; later ones stop only when a client is already attached.
 _waited = False
-_handled_ids: set[int] = set()
 
 
 # -- arming ----------------------------------------------------------------------------------
@@ -60,6 +59,7 @@ def install(settings: DebugSettings, topology: environment.Topology | None = Non
         _settings = settings
         if not settings.remote_debug_post_mortem or _hooks_installed:
             return
+        stacks.resolve_output_dir()  # before the script can chdir away from ./outputs
         _previous_excepthook = sys.excepthook
         sys.excepthook = _excepthook
         _previous_threading_excepthook = threading.excepthook
@@ -117,7 +117,7 @@ def _excepthook(
 def _threading_excepthook(hook_args: Any) -> None:
     try:
         if _settings is not None and hook_args.exc_value is not None:
-            name = getattr(hook_args.thread, "name", "a thread")
+            name = stacks.thread_name(hook_args.thread)
             _crash_report(
                 hook_args.exc_type, hook_args.exc_value, hook_args.exc_traceback,
                 f"thread {name!r}",
@@ -146,8 +146,6 @@ def _crash_report(
         with contextlib.suppress(Exception):
             stall.disarm()
     try:
-        from amldbg.diagnostics import stacks
-
         stacks.write_crash_report_once(exc_type, exc, tb, where)
     except Exception as error:  # the crash report is extra: the script fails as before
         announce.warn(f"could not write the crash report: {describe(error)}")
@@ -161,13 +159,8 @@ def _ignored(exc_type: type[BaseException]) -> bool:
 
 
 def _already_handled(exc: BaseException) -> bool:
-    if getattr(exc, _HANDLED_ATTR, False) or id(exc) in _handled_ids:
-        return True
-    try:
-        setattr(exc, _HANDLED_ATTR, True)
-    except Exception:  # an exception type with __slots__
-        _handled_ids.add(id(exc))
-    return False
+    # By identity: a marker attribute would run the exception class's __setattr__.
+    return not stacks.first_time(exc, "post-mortem")
 
 
 def _post_mortem(
@@ -183,9 +176,8 @@ def _post_mortem(
     if tb is None or _ignored(exc_type) or _already_handled(exc):
         return False
     topology = environment.topology()
-    text = f"{exc_type.__name__}: {exc}".strip()
-    if len(text) > 200:
-        text = text[:197] + "..."
+    # Not str(exc): an exception whose __str__ raises or blocks still gets its debugger.
+    text = values.exception_text(exc, 200)
     announce.info(
         f"post-mortem: uncaught {text} in {where} on rank {topology.rank} (pid {os.getpid()})"
     )

@@ -595,7 +595,7 @@ _hooks_lock = forksafe.lock()
 _crash_hooks: tuple[Any, Any] | None = None
 
 
-def _thread_name(thread: Any) -> str:
+def thread_name(thread: Any) -> str:
     """A thread's name from its own fields (a subclass's ``name`` property is not run)."""
     name = vars_of(thread).get("_name")
     return name if type(name) is str else "a thread"
@@ -627,7 +627,7 @@ def install_crash_hooks() -> None:
                 if args.exc_value is not None and args.exc_traceback is not None and not issubclass(
                     args.exc_type, (KeyboardInterrupt, SystemExit)
                 ):
-                    name = _thread_name(args.thread)
+                    name = thread_name(args.thread)
                     write_crash_report_once(
                         args.exc_type, args.exc_value, args.exc_traceback, f"thread {name!r}"
                     )

@@ -6,8 +6,14 @@ stack nor :func:`heartbeat`'s counter changed for the timeout, it writes the sta
 thread once (:func:`amldbg.diagnostics.stacks.write_dump`), and once more only after progress
 resumed and stalled again. It never kills, signals or pauses anything.
 
-A client of the debugger being attached (a breakpoint stop is not a stall) holds the report
-back; the inference server's gunicorn workers are left out (an idle worker looks stalled).
+The report is held back only while the debugger has the process stopped (a thread paused at
+a breakpoint, or a step in progress): a client that is merely connected does not hide a hang,
+and the timeout starts again when the debugger resumes. The inference server's gunicorn
+workers are left out (an idle worker looks stalled).
+
+What a report shows runs none of the script's code (:mod:`amldbg.diagnostics.values`): a
+value whose ``__repr__`` would block cannot hold the report hostage. The exit never waits for
+the watchdog more than a fraction of a second.
 
 What counts as progress: the main thread's stack changed between two samples (a function
 was called or returned, or the current instruction moved). A rank waiting in a collective, a
@@ -25,7 +31,10 @@ that case the watchdog keeps :func:`faulthandler.dump_traceback_later` armed wit
 timeout and re-arms it each time it gets to run: it fires, from C, only when the watchdog
 itself was starved for the whole timeout, and prints every thread's stack to stderr (the
 driver log) once. Note: faulthandler has a single such timer per process; a script that
-uses ``faulthandler.dump_traceback_later`` itself should not also use this flag.
+uses ``faulthandler.dump_traceback_later`` itself should not also use this flag. The timer
+is cancelled just before every ``fork`` and re-armed in the parent right after: a child must
+not inherit a timer whose thread it does not have (its exit, or arming its own report,
+would wait for that thread for ever).
 
 Cost: one sample is a walk of the main thread's frames, about ten microseconds every half
 second, in a thread that sleeps in between (``benchmarks/bench_stall.py`` measures it).
@@ -42,16 +51,22 @@ import threading
 import time
 from typing import Any
 
-from amldbg.core import announce, environment
+from amldbg.core import announce, environment, forksafe
 from amldbg.diagnostics import stacks
 
 __all__ = ["arm", "disarm", "heartbeat", "is_armed"]
 
 #: Seconds between two samples of the main thread (shorter for a short timeout).
 SAMPLE_INTERVAL = 0.5
+#: Seconds :func:`disarm` waits for the watchdog thread to end (it is a daemon: a watchdog
+#: stuck in a write must not hold up the exit).
+JOIN_WAIT = 0.5
 
 _beats = 0
-_lock = threading.Lock()
+_lock = forksafe.lock()
+# Held while faulthandler's timer is armed or cancelled, and across a fork, so that the
+# watchdog cannot re-arm the timer between the cancel before a fork and the fork itself.
+_faulthandler_lock = forksafe.lock()
 _watchdog: _Watchdog | None = None
 
 
@@ -123,8 +138,11 @@ class _Watchdog(threading.Thread):
                 last, changed_at, stalled = current, now, False
                 continue
             if not stalled and now - changed_at >= self.timeout:
-                if _debugger_attached():
-                    continue  # stopped at a breakpoint on purpose: not a stall
+                if _debugger_stopped():
+                    # Paused at a breakpoint or stepping, on purpose: not a stall; the
+                    # timeout starts again when the debugger lets the script run.
+                    changed_at = now
+                    continue
                 stalled = True
                 self.reports += 1
                 self.last_report = stacks.write_dump(
@@ -135,13 +153,14 @@ class _Watchdog(threading.Thread):
                 )
                 # Writing took a moment; the stack is compared with the one before it.
 
-    def _keep_faulthandler_armed(self, now: float) -> None:
-        if self._faulthandler_armed and now - self._armed_at < self._rearm_every:
+    def _keep_faulthandler_armed(self, now: float, force: bool = False) -> None:
+        if not force and self._faulthandler_armed and now - self._armed_at < self._rearm_every:
             return
         stream = sys.__stderr__
+        # Not while a fork is under way (the lock is held across it).
+        if stream is None or self.stop_event.is_set() or not _faulthandler_lock.acquire(timeout=1):
+            return
         try:
-            if stream is None:
-                return
             stream.fileno()
             # Fires only if this thread cannot run for the whole timeout (the GIL is held).
             faulthandler.dump_traceback_later(
@@ -151,6 +170,8 @@ class _Watchdog(threading.Thread):
             self._armed_at = now
         except Exception:
             self._faulthandler_armed = False
+        finally:
+            _faulthandler_lock.release()
 
     def _cancel_faulthandler(self) -> None:
         if self._faulthandler_armed:
@@ -159,14 +180,33 @@ class _Watchdog(threading.Thread):
                 faulthandler.cancel_dump_traceback_later()
 
 
-def _debugger_attached() -> bool:
-    debugpy = sys.modules.get("debugpy")
-    if debugpy is None:
+# pydevd's thread states (pydevd_constants): paused, and "no step command".
+_STATE_SUSPEND = 2
+_NO_STEP = -1
+
+
+def _debugger_stopped() -> bool:
+    """True while the debugger has the process stopped: a thread is paused (a breakpoint, a
+    pause, an exception stop) or a step is in progress. A connected client alone is not."""
+    if "pydevd" not in sys.modules:
         return False
     try:
-        return bool(debugpy.is_client_connected())
+        threads = list(threading.enumerate())
     except Exception:
         return False
+    for thread in threads:
+        info = stacks.vars_of(thread).get("additional_info")
+        if info is None:
+            continue
+        try:
+            if info.pydev_state == _STATE_SUSPEND:
+                return True
+            step = info.pydev_step_cmd
+            if isinstance(step, int) and step != _NO_STEP:
+                return True
+        except Exception:
+            continue
+    return False
 
 
 def arm(timeout: float, *, interval: float | None = None) -> bool:
@@ -188,6 +228,7 @@ def arm(timeout: float, *, interval: float | None = None) -> bool:
         with _lock:
             if _watchdog is not None and _watchdog.is_alive():
                 return True
+            stacks.resolve_output_dir()
             # At least ~20 samples per timeout: a short timeout must not hang on a few samples
             # that happened to land on the same instruction of a busy loop.
             step = interval if interval is not None else min(SAMPLE_INTERVAL, max(0.02, timeout / 20))
@@ -206,16 +247,22 @@ def arm(timeout: float, *, interval: float | None = None) -> bool:
         return False
 
 
-def disarm() -> None:
-    """Stop the stall watchdog (at exit, or in tests)."""
+def disarm(wait: float = JOIN_WAIT) -> None:
+    """Stop the stall watchdog (at exit, or in tests), waiting at most ``wait`` seconds for
+    its thread: a watchdog stuck in a write never holds up an exit or a crash."""
     global _watchdog
-    with _lock:
+    if not _lock.acquire(timeout=1):
+        return
+    try:
         watchdog, _watchdog = _watchdog, None
+    finally:
+        _lock.release()
     if watchdog is not None:
         watchdog.stop_event.set()
+        with _faulthandler_lock:
+            watchdog._cancel_faulthandler()
         if watchdog.is_alive() and watchdog is not threading.current_thread():
-            watchdog.join(5)
-        watchdog._cancel_faulthandler()
+            watchdog.join(wait)
 
 
 def is_armed() -> bool:
@@ -224,13 +271,31 @@ def is_armed() -> bool:
     return watchdog is not None and watchdog.is_alive()
 
 
+def _before_fork() -> None:
+    # faulthandler's timer thread would not exist in the child while its state says armed:
+    # the child's exit and any new timer there would wait for that thread for ever.
+    _faulthandler_lock.acquire()
+    watchdog = _watchdog
+    if watchdog is not None and watchdog._faulthandler_armed:
+        watchdog._cancel_faulthandler()
+
+
+def _after_fork_in_parent() -> None:
+    _faulthandler_lock.release()
+    watchdog = _watchdog
+    if watchdog is not None and watchdog.is_alive() and not watchdog.stop_event.is_set():
+        watchdog._keep_faulthandler_armed(time.monotonic(), force=True)
+
+
 def _after_fork_in_child() -> None:
-    # The watchdog thread does not exist in a forked child (a data loader worker); neither
-    # does faulthandler's timer thread, which must not be touched there.
+    # The watchdog thread does not exist in a forked child (a data loader worker): the child
+    # starts unarmed and may arm its own report. (forksafe has already freed the locks.)
     global _watchdog
     _watchdog = None
 
 
 atexit.register(disarm)
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(
+        before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+    )

@@ -358,7 +358,7 @@ def test_line_reader_splits_like_a_file_and_caps_long_lines() -> None:
     import io
     import random
 
-    from amldbg.diagnostics.envsnap import LineReader
+    from amldbg.core.joblogs import LineReader
 
     generator = random.Random(7)
     for _ in range(300):
@@ -372,3 +372,21 @@ def test_line_reader_splits_like_a_file_and_caps_long_lines() -> None:
         assert reader.cut == sum(len(line) > 8 for line in expected)
         text_lines = list(LineReader(io.StringIO(data.decode("latin-1")), max_line=8, chunk=3))
         assert len(text_lines) == len(expected)
+
+
+def test_find_ends_on_a_folder_link_loop_and_never_opens_a_fifo(tmp_path: Path) -> None:
+    # The walker amldbg stacks uses too (amldbg.core.joblogs): a linked folder is read once,
+    # a loop ends, a FIFO below a folder (which would block a reader) is never opened.
+    job = tmp_path / "job"
+    (job / "user_logs").mkdir(parents=True)
+    (job / "user_logs" / "std_log.txt").write_text(GOOD + "\n")
+    (job / "user_logs" / "up").symlink_to("..")
+    (job / "again").symlink_to("user_logs")
+    os.mkfifo(job / "user_logs" / "std_log_process_01.txt")
+    done = run("find", "--json", str(job))
+    assert_clean(done)
+    assert done.returncode == 0, text(done.stderr)
+    assert [(e["host"], e["source"]) for e in json.loads(done.stdout)] == [
+        ("10.0.0.1", str(job / "user_logs" / "std_log.txt"))
+    ]
+    assert done.stderr == b""
