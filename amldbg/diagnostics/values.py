@@ -57,6 +57,7 @@ _DTYPE_CLASSES = frozenset({"torch.dtype", "torch.device", "numpy.dtype"})
 _TYPE_DICT = type.__dict__["__dict__"]
 _TYPE_MRO = type.__dict__["__mro__"]
 _TYPE_NAME = type.__dict__["__qualname__"]
+_TYPE_SHORT_NAME = type.__dict__["__name__"]
 _TYPE_MODULE = type.__dict__["__module__"]
 _C_DESCRIPTORS = (types.GetSetDescriptorType, types.MemberDescriptorType)
 _EXCEPTION_ARGS = BaseException.__dict__["args"]
@@ -111,7 +112,7 @@ def type_name(cls: type) -> str:
 
 def _short_name(cls: type) -> str:
     try:
-        name = _TYPE_NAME.__get__(cls)
+        name = _TYPE_SHORT_NAME.__get__(cls)
         return name if type(name) is str else "?"
     except Exception:
         return "?"

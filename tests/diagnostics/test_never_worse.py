@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import stat
+import string
 import textwrap
 import time
 from pathlib import Path
@@ -50,9 +51,11 @@ class ShardReader:
 """
 
 
-def script(tmp_path: Path, body: str) -> Path:
+def script(tmp_path: Path, body: str, **fields: object) -> Path:
+    """Write the job; ``$name`` in ``body`` is replaced by ``fields[name]``."""
     path = tmp_path / "job.py"
-    path.write_text(textwrap.dedent(body))
+    text = textwrap.dedent(body)
+    path.write_text(string.Template(text).substitute(fields) if fields else text)
     return path
 
 
@@ -78,13 +81,13 @@ def test_a_crash_holding_a_blocking_object_prints_its_traceback_and_exits_at_onc
     job = script(tmp_path, STUCK_OBJECTS + """
 import amldbg
 
-amldbg.enable_remote_debug(post_mortem=True, timeout=0, listen_host="127.0.0.1", port=%d)
+amldbg.enable_remote_debug(post_mortem=True, timeout=0, listen_host="127.0.0.1", port=$port)
 
 def read_shard(reader):
     raise OSError("the mount went away")
 
 read_shard(ShardReader("/mnt/data/shard-7"))
-""" % free_port())
+""", port=free_port())
     started = time.monotonic()
     with Running([str(job)], cwd=tmp_path, env=env_for(tmp_path)) as run:
         code = run.wait(60)
@@ -282,15 +285,15 @@ def main():
     amldbg.add_args(parser)
     args = parser.parse_args()
     amldbg.enable_remote_debug(args)
-    creds = Credentials("me", "%(dc)s")
-    space = types.SimpleNamespace(user="me", db_password="%(ns)s")
-    login = Login("me", "%(nt)s")
+    creds = Credentials("me", "$dc")
+    space = types.SimpleNamespace(user="me", db_password="$ns")
+    login = Login("me", "$nt")
     environment = os.environ
-    url = "https://user:" + "%(url)s" * 8 + "@storage.example/data"
-    connect(api_key="%(src)s")
+    url = "https://user:" + "$url" * 8 + "@storage.example/data"
+    connect(api_key="$src")
 
 main()
-""" % secret_values)
+""", **secret_values)
     argv = [str(job), "--hf_token", secret_values["hf"], "--remote_debug_post_mortem",
             "--remote_debug_connection_timeout", "0", "--remote_debug_listen_host", "127.0.0.1",
             "--remote_debug_port", str(free_port())]
@@ -346,9 +349,9 @@ class BadMessage(Exception):
     def __str__(self):
         raise RuntimeError("no text for you")
 
-amldbg.enable_remote_debug(post_mortem=True, timeout=1, listen_host="127.0.0.1", port=%d)
+amldbg.enable_remote_debug(post_mortem=True, timeout=1, listen_host="127.0.0.1", port=$port)
 raise BadMessage("shard 7")
-""" % port)
+""", port=port)
     with Running([str(job)], cwd=tmp_path, env=env_for(tmp_path)) as run:
         code = run.wait(60)
         output = run.output
@@ -365,17 +368,17 @@ def test_a_signal_that_a_framework_took_over_is_left_to_it(tmp_path: Path, signa
     job = script(tmp_path, """
 import os, signal, sys, time, amldbg
 
-amldbg.enable_remote_debug(on_demand=True, listen_host="127.0.0.1", port=%d)
+amldbg.enable_remote_debug(on_demand=True, listen_host="127.0.0.1", port=$port)
 # A framework installs its own handler during fit(), as Lightning's requeue handler does.
 def requeue(number, frame):
     print("framework handler ran", flush=True)
-signal.signal(signal.%s, requeue)
-os.kill(os.getpid(), signal.%s)
+signal.signal(signal.$signame, requeue)
+os.kill(os.getpid(), signal.$signame)
 time.sleep(1)
-os.kill(os.getpid(), signal.%s)
+os.kill(os.getpid(), signal.$signame)
 time.sleep(1)
 print("done", flush=True)
-""" % (port, signame, signame, signame))
+""", port=port, signame=signame)
     with Running([str(job)], cwd=tmp_path, env=env_for(tmp_path)) as run:
         assert run.wait(60) == 0, run.output
         output = run.output
