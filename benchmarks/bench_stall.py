@@ -4,7 +4,10 @@
    stall watchdog and the SIGUSR1/SIGUSR2 triggers armed, against the same loop with nothing
    armed, in interleaved rounds (speed ratio armed / not armed; goal >= 0.99);
 2. the time from the stall timeout to the last rank's dump written, under a real torchrun
-   with 4 gloo ranks on loopback where the last rank is stuck (goal <= 2 s).
+   with 4 gloo ranks on loopback where the last rank is stuck (goal <= 2 s), once with the
+   sample as it is and once with the stuck rank's frame holding an object whose ``__repr__``
+   blocks on a lock held for ever (a shard reader on a hung mount): the report must not wait
+   for it (goal <= 2 s too).
 
 Run: python benchmarks/bench_stall.py [--quick]   (talks only to 127.0.0.1)
 """
@@ -115,7 +118,7 @@ def step_time(quick: bool = False) -> Ratio:
           f"{speed.text()} (goal >= 0.99: {goal_text(speed.median >= 0.99)})")
     print(f"  the watchdog's own work: {result['sample'] * 1e6:.1f} us per sample every "
           f"{SAMPLE_INTERVAL:g} s = {share * 100:.4f}% of one core; the on-demand triggers: "
-          f"a thread blocked in read(), no work until a signal")
+          f"a thread waiting in select(), waking every 2 s to check that amldbg still owns its signals")
     return speed
 
 
@@ -125,34 +128,68 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def dump_latency(quick: bool = False) -> list[float]:
-    """Print and return, per run, the seconds from the stall timeout to the last of the 4
-    ranks' dump files written."""
+# The sample, with the stuck rank's frame holding an object whose __repr__ never returns.
+BLOCKING_VALUES = textwrap.dedent("""
+    import sys, threading
+    sys.path.insert(0, sys.argv.pop(1))
+    import train_stuck
+
+    held = threading.Lock()
+    held.acquire()  # a stuck prefetch thread holds it for ever
+
+    class ShardReader:
+        def __repr__(self):
+            held.acquire()
+            return "never"
+
+    sample_wait = train_stuck.wait_for_shard
+
+    def wait_for_shard(path, seconds):
+        reader = ShardReader()
+        sample_wait(path, seconds)
+
+    train_stuck.wait_for_shard = wait_for_shard
+    train_stuck.main()
+""")
+
+
+def dump_latency(quick: bool = False) -> dict[str, list[float]]:
+    """Print and return, per kind of job and run, the seconds from the stall timeout to the
+    last of the 4 ranks' dump files written."""
     try:
         import torch.distributed  # noqa: F401
     except ImportError:
         print("stall report latency: skipped (torch is not installed)")
-        return []
+        return {}
     timeout = 2.0
     runs = 1 if quick else 3
-    latencies = []
-    for _ in range(runs):
-        folder = Path(tempfile.mkdtemp(prefix="amldbg-bench-stall-"))
-        try:
-            latencies.append(_one_latency(folder, timeout))
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-    worst = max(latencies)
-    print(f"stall report under torchrun (4 gloo ranks, timeout {timeout:g} s): from the stall "
-          f"timeout to the last rank's dump written: "
-          f"{', '.join(f'{v:.2f}' for v in latencies)} s (goal <= 2 s: {goal_text(worst <= 2)})")
-    return latencies
+    found: dict[str, list[float]] = {}
+    for kind in ("sample", "blocking repr"):
+        latencies = found.setdefault(kind, [])
+        for _ in range(runs):
+            folder = Path(tempfile.mkdtemp(prefix="amldbg-bench-stall-"))
+            try:
+                script = ROOT / "samples" / "train_stuck.py"
+                prefix: list[str] = []
+                if kind == "blocking repr":
+                    script = folder / "train_stuck_blocking.py"
+                    script.write_text(BLOCKING_VALUES)
+                    prefix = [str(ROOT / "samples")]
+                latencies.append(_one_latency(folder, timeout, script, prefix))
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+        worst = max(latencies)
+        what = "" if kind == "sample" else ", the stuck frame holding an object whose repr blocks"
+        print(f"stall report under torchrun (4 gloo ranks, timeout {timeout:g} s{what}): from the "
+              f"stall timeout to the last rank's dump written: "
+              f"{', '.join(f'{v:.2f}' for v in latencies)} s (goal <= 2 s: {goal_text(worst <= 2)})")
+    return found
 
 
-def _one_latency(folder: Path, timeout: float) -> float:
+def _one_latency(folder: Path, timeout: float, script: Path, script_args: list[str]) -> float:
     argv = [PY, "-m", "torch.distributed.run", "--nproc_per_node", "4", "--nnodes", "1",
             "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-            "--rdzv_backend", "static", str(ROOT / "samples" / "train_stuck.py"),
+            "--rdzv_backend", "static", str(script), *script_args,
             "--steps", "4", "--stuck_at", "1", "--shard_dir", str(folder / "shards"),
             "--remote_debug_stall_timeout", str(timeout)]
     env = dict(ENV, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")

@@ -67,9 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(_row("training-like loop with the stall watchdog and on-demand triggers armed "
                      "vs nothing armed", armed, ">= 0.99", lambda v: v >= 0.99))
     latency = bench_stall.dump_latency(quick)
-    if latency:
-        worst = max(latency)
-        rows.append(("from the stall timeout to the last of 4 ranks' dump written (worst)",
+    for kind, values in latency.items():
+        worst = max(values)
+        what = "" if kind == "sample" else ", a stuck frame holding a blocking repr"
+        rows.append((f"from the stall timeout to the last of 4 ranks' dump written{what} (worst)",
                      f"{worst:.2f} s", "<= 2 s", goal_text(worst <= 2.0)))
 
     took = time.monotonic() - started

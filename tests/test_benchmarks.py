@@ -36,6 +36,8 @@ EXPECTED = {
     "bench_stall.py": [
         r"armed vs nothing armed: [\d.]+ \(.*\) \(goal >= 0\.99",
         r"to the last rank's dump written: [\d., ]+ s \(goal <= 2 s",
+        r"an object whose repr blocks\): from the stall timeout to the last rank's dump "
+        r"written: [\d., ]+ s \(goal <= 2 s",
     ],
     "run_all.py": [
         r"^== amldbg performance figures \(--quick",
@@ -48,6 +50,8 @@ EXPECTED = {
         r"^inference server requests/s with the decorators vs without\s+[\d.]+ \(.*>= 0\.98",
         r"^training-like loop with the stall watchdog .*[\d.]+ \(.*>= 0\.99",
         r"^from the stall timeout to the last of 4 ranks' dump written \(worst\)\s+[\d.]+ s",
+        r"^from the stall timeout to the last of 4 ranks' dump written, a stuck frame holding a "
+        r"blocking repr \(worst\)\s+[\d.]+ s",
     ],
 }
 

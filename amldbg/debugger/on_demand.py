@@ -1,7 +1,8 @@
 """On-demand triggers, ``--remote_debug_on_demand``: ``kill -USR1 PID`` writes the stacks of
 every thread, ``kill -USR2 PID`` starts the debugger without waiting.
 
-Off unless asked for. Armed, it costs nothing while idle: one thread blocked in ``read()``.
+Off unless asked for. Armed, it costs next to nothing while idle: one thread waiting in
+``select()``, which wakes every :data:`OWNERSHIP_CHECK` seconds to check the handlers.
 
 How a signal reaches amldbg while the main thread is blocked in C (a collective, a queue):
 Python runs signal handlers only in the main thread, between bytecodes, so a handler alone
