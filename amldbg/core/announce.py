@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 from typing import Any
 
-from amldbg.core import secrets
+from amldbg.core import forksafe, secrets
 
 PREFIX = "amldbg: "
 ENDPOINT_MARKER = "amldbg endpoint: "
@@ -57,7 +56,7 @@ def warn(message: str) -> None:
 
 
 _warned: set[str] = set()
-_warned_lock = threading.Lock()
+_warned_lock = forksafe.lock()
 
 
 def warn_once(key: str, message: str) -> bool:

@@ -21,10 +21,9 @@ import collections.abc
 import dataclasses
 import math
 import os
-import threading
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
-from amldbg.core import announce
+from amldbg.core import announce, forksafe
 
 T = TypeVar("T")
 
@@ -436,7 +435,7 @@ def resolve_settings(
 
 _remembered: DebugSettings | None = None
 _remembered_pid = 0
-_lock = threading.Lock()
+_lock = forksafe.lock()
 
 
 def remember(settings: DebugSettings) -> DebugSettings:

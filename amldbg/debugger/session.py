@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any
 
-from amldbg.core import announce
+from amldbg.core import announce, forksafe
 
 #: How often a wait repeats where to attach and how long is left, in seconds.
 PROGRESS_INTERVAL = 30.0
@@ -64,7 +64,7 @@ DISABLED = DebugSession(mode="disabled", reason="remote debugging is off")
 _session: DebugSession | None = None
 _session_pid = 0
 #: Held while a debugger is being started, so two threads never start two.
-start_lock = threading.RLock()
+start_lock = forksafe.rlock()
 
 
 def current_session() -> DebugSession | None:

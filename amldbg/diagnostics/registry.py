@@ -39,11 +39,10 @@ import socket
 import stat
 import sys
 import tempfile
-import threading
 import uuid
 from typing import Any, Iterable, Mapping, Sequence
 
-from amldbg.core import announce, environment, safetext, secrets
+from amldbg.core import announce, environment, forksafe, safetext, secrets
 from amldbg.core.guard import guard
 
 __all__ = [
@@ -61,7 +60,7 @@ MAX_ENTRY = 64 * 1024
 MAX_FILES = 10_000
 FORMAT = 1
 
-_lock = threading.Lock()
+_lock = forksafe.lock()
 _owner_pid: int | None = None  # the pid that wrote the entry below
 _path: str | None = None
 _record: dict[str, Any] | None = None

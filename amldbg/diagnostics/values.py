@@ -14,8 +14,9 @@ of the value it is given (no ``__repr__``, ``__str__``, ``__len__``, ``__iter__`
 * ``os.environ`` is read from its own storage;
 * tensors and arrays of the well-known libraries (torch, numpy, cupy, jax...) show their
   shape, dtype and device, read through C-level attributes only (a subclass's Python
-  properties and ``__torch_function__`` are not run; nothing touches device memory);
-  other objects of those libraries show their type and fields;
+  properties and ``__torch_function__`` are not run; nothing touches device memory); a
+  pandas frame or series its shape, from its axes' lengths; other objects of those
+  libraries show their type and fields;
 * any other object shows its type and its fields, read from the instance itself
   (``__dict__``, ``__slots__``, dataclass and namedtuple fields) without calling it, so an
   ``argparse.Namespace`` still shows ``lr=0.1``; public fields first.
@@ -203,7 +204,7 @@ class _Formatter:
             if summary is not None:
                 return summary
             if library == "pandas":  # a frame's fields are its block manager's internals
-                return f"<{type_name(cls)}>"
+                return _pandas_summary(value, cls)
         return self._instance(value, cls, depth)
 
     # scalars
@@ -435,6 +436,36 @@ def _array_summary(value: Any, cls: type) -> str | None:
         return _summarise(value, cls)
     except Exception:
         return f"<{_short_name(cls)}>"
+
+
+def _pandas_summary(value: Any, cls: type) -> str:
+    """``<DataFrame shape=(3, 2)>``: the lengths of a frame's or series' axes, read from the
+    block manager's C-level ``axes`` and each index's array or range (no property of pandas
+    runs, no column is read); else the type alone."""
+    plain = f"<{type_name(cls)}>"
+    manager = _instance_fields(value, cls).get("_mgr")
+    if manager is None:
+        return plain
+    axes = _c_attribute(manager, type(manager), "axes")
+    if axes is None:  # a series' manager keeps them in the instance
+        axes = _instance_fields(manager, type(manager)).get("axes")
+    if type(axes) is not list or not 1 <= list.__len__(axes) <= 2:
+        return plain
+    lengths = []
+    for axis in list.__iter__(axes):
+        fields = _instance_fields(axis, type(axis))
+        data, span = fields.get("_data"), fields.get("_range")
+        shape = _c_attribute(data, type(data), "shape") if data is not None else None
+        if type(span) is range:
+            lengths.append(range.__len__(span))
+        elif type(shape) is tuple and shape and type(shape[0]) is int:
+            lengths.append(shape[0])
+        else:
+            return plain
+    # A frame's axes are [columns, rows]; its shape is (rows, columns).
+    lengths.reverse()
+    dims = ", ".join(map(str, lengths)) + ("," if len(lengths) == 1 else "")
+    return f"<{_short_name(cls)} shape=({dims})>"
 
 
 def _summarise(value: Any, cls: type) -> str | None:

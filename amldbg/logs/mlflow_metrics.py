@@ -27,6 +27,7 @@ import sys
 import time
 from typing import Any, Callable
 
+from amldbg.core import safetext
 from amldbg.logs import export
 
 #: MLflow's limit of metrics per ``log_batch`` request.
@@ -50,12 +51,6 @@ def caller_run_id() -> str | None:
     return os.environ.get("MLFLOW_RUN_ID") or None
 
 
-def _printable(text: str, limit: int = 200) -> str:
-    """``text`` shortened, with control characters escaped (answers are printed in warnings)."""
-    text = text[:limit]
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
 def _describe(error: BaseException, timeout: float) -> str:
     """A short reason for a failed request: the innermost error, not MLflow's wrapper."""
     root = error
@@ -67,7 +62,7 @@ def _describe(error: BaseException, timeout: float) -> str:
     name = type(root).__name__
     if "Timeout" in name or "timed out" in str(root):
         return f"no answer within {timeout:.1f} s ({name})"
-    return f"{name}: {_printable(str(root), 120)}"
+    return f"{name}: {safetext.safe(str(root), 120)}"
 
 
 class RequestFailed(Exception):
@@ -119,7 +114,7 @@ class RestTracking:
             raise RequestFailed(_describe(error, timeout), retry=True) from None
         status = int(response.status_code)
         if status != 200:
-            raise RequestFailed(f"HTTP {status}: {_printable(response.text)}", retry=status in RETRY_STATUS)
+            raise RequestFailed(f"HTTP {status}: {safetext.safe(response.text, 200)}", retry=status in RETRY_STATUS)
         try:
             return json.loads(response.text) if response.text.strip() else {}
         except ValueError:
@@ -221,11 +216,11 @@ class MlflowSink(export.Sink):
                 batch[:] = [item for index, item in enumerate(batch) if index not in sent]
             return export.RETRY if error.retry else export.DROP
         except self._exception as error:
-            self.last_error = f"{type(error).__name__}: {_printable(str(error))}"
+            self.last_error = f"{type(error).__name__}: {safetext.safe(str(error), 200)}"
             status = error.get_http_status_code()
             return export.RETRY if status in RETRY_STATUS else export.DROP
         except Exception as error:  # connection errors from the client path
-            self.last_error = f"{type(error).__name__}: {_printable(str(error))}"
+            self.last_error = f"{type(error).__name__}: {safetext.safe(str(error), 200)}"
             return export.RETRY
         return export.OK
 

@@ -203,7 +203,7 @@ train_step(
     assert f"step = Step(features={shown}, lr=0.1)" in output
     # Cut at 160 characters, like every value.
     assert f"encoding = BatchEncoding(data={{'input_ids': {shown}, 'attention_mask': <Watched" in output
-    assert "frame = <pandas.DataFrame>" in output
+    assert "frame = <DataFrame shape=(1, 2)>" in output
     assert "COLUMN-CONTENT" not in output
     assert marks(tmp_path) == ""
 

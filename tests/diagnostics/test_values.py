@@ -196,10 +196,11 @@ def test_tensors_and_arrays_by_shape_dtype_and_device_only() -> None:
     assert describe(numpy.dtype("float32")) == "float32"
 
 
-def test_a_dataframe_is_shown_by_its_type_whatever_its_columns() -> None:
+def test_a_dataframe_is_shown_by_its_shape_whatever_its_columns() -> None:
     import pandas
 
-    assert describe(pandas.DataFrame({"dtype": ["COLUMN"], "shape": [1]})) == "<pandas.DataFrame>"
+    assert describe(pandas.DataFrame({"dtype": ["COLUMN"], "shape": [1]})) == "<DataFrame shape=(1, 2)>"
+    assert describe(pandas.Series([1, 2, 3])) == "<Series shape=(3,)>"
 
 
 def test_exception_text_never_calls_str() -> None:
