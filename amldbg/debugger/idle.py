@@ -15,7 +15,7 @@ import time
 from types import FrameType
 from typing import Any, Callable
 
-from amldbg.core import announce
+from amldbg.core import announce, threads
 from amldbg.core.settings import DebugSettings
 
 #: How often the watcher looks for a client that attached late, in seconds.
@@ -69,16 +69,8 @@ def go_idle(debugpy: Any, settings: DebugSettings) -> None:
         if untraced is not None:
             untraced.restore()
         untraced = None
-    watcher = threading.Thread(
-        target=_watch_for_late_attach,
-        args=(debugpy, threading.get_ident(), untraced),
-        name="amldbg-late-attach",
-        daemon=True,
-    )
-    # pydevd skips threads marked so: the watcher is never traced and never listed.
-    watcher.pydev_do_not_trace = True  # type: ignore[attr-defined]
-    watcher.is_pydev_daemon_thread = True  # type: ignore[attr-defined]
-    watcher.start()
+    # pydevd never traces or lists the watcher.
+    threads.start(_watch_for_late_attach, "amldbg-late-attach", debugpy, threading.get_ident(), untraced)
 
 
 def _uses_sys_monitoring() -> bool:

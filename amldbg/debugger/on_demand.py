@@ -43,7 +43,7 @@ import sys
 import threading
 from typing import Any
 
-from amldbg.core import announce, environment, forksafe, runtime
+from amldbg.core import announce, environment, forksafe, runtime, threads
 from amldbg.core.guard import describe
 from amldbg.core.settings import DebugSettings
 from amldbg.diagnostics import registry, stacks
@@ -138,8 +138,8 @@ def _arm(topology: environment.Topology) -> bool:
             _close_pipe()
         else:
             _previous_wakeup_fd = previous
-            _reader = threading.Thread(target=_read_loop, name="amldbg-on-demand", daemon=True)
-            _reader.start()
+            # Not suspended at a breakpoint: a dump on demand works while the debugger stops.
+            _reader = threads.start(_read_loop, "amldbg-on-demand")
     except (OSError, ValueError) as error:
         _close_pipe()
         announce.warn(f"on-demand triggers react only between bytecodes: {describe(error)}")

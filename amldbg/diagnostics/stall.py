@@ -51,7 +51,7 @@ import threading
 import time
 from typing import Any
 
-from amldbg.core import announce, environment, forksafe
+from amldbg.core import announce, environment, forksafe, threads
 from amldbg.diagnostics import stacks
 
 __all__ = ["arm", "disarm", "heartbeat", "is_armed"]
@@ -94,6 +94,9 @@ def _signature(frame: Any, beats: int) -> tuple[Any, ...]:
 class _Watchdog(threading.Thread):
     def __init__(self, timeout: float, interval: float) -> None:
         super().__init__(name="amldbg-stall-watchdog", daemon=True)
+        # Never suspended at a breakpoint (pydevd stops every thread it traces): a frozen
+        # watchdog could not keep faulthandler's timer from firing during the stop.
+        threads.own(self)
         self.timeout = timeout
         self.interval = interval
         self.stop_event = threading.Event()
