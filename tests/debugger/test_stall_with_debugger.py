@@ -4,12 +4,13 @@ stall, and the report comes once the script runs again and blocks."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import textwrap
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from conftest import free_port
 from dap_client import DAPClient
@@ -78,8 +79,10 @@ def line_time(run: Running, pattern: str) -> float:
     return run.line_times[run.lines.index(found.string)]
 
 
-def test_a_connected_client_does_not_hide_a_hang(tmp_path: Path) -> None:
-    job, _ = write_job(tmp_path)
+@contextlib.contextmanager
+def attached(tmp_path: Path, job: str) -> Iterator[tuple[Running, DAPClient]]:
+    """The job running with a real DAP client connected to it (not yet attached); on exit the
+    client disconnects, the job must end with 0 and its debug adapter is reaped."""
     port = free_port()
     env = child_env(AMLDBG_DIAGNOSTICS_DIR=str(tmp_path / "diagnostics"))
     with Running(job_args(job, port), cwd=tmp_path, env=env) as run:
@@ -87,16 +90,7 @@ def test_a_connected_client_does_not_hide_a_hang(tmp_path: Path) -> None:
             run.wait_for_line(rf"^port: {port}$", timeout=20)
             client = DAPClient.connect("127.0.0.1", port, timeout=20)
             try:
-                client.attach(timeout=20)  # no breakpoint: the script runs on
-                run.wait_for_line(r"^Debugger attached = True$", timeout=10)
-                run.wait_for_line(r"^amldbg: stall report armed on rank 0", timeout=10)
-                blocked_at = line_time(run, r"^waiting for the shard$")
-                assert_stall_reported(run, blocked_at)
-                # Still connected and running: the adapter answers, and nothing stopped.
-                threads = client.request("threads", timeout=10)["threads"]
-                assert any(t["name"] == "MainThread" for t in threads), threads
-                assert not [e for e in client.seen_events
-                            if e.get("event") in ("stopped", "terminated", "exited")]
+                yield run, client
                 (tmp_path / "release").write_text("")
                 run.wait_for_line(r"^done$", timeout=10)
             finally:
@@ -104,6 +98,21 @@ def test_a_connected_client_does_not_hide_a_hang(tmp_path: Path) -> None:
             assert run.wait(20) == 0
         finally:
             reap_debug_adapters([port])
+
+
+def test_a_connected_client_does_not_hide_a_hang(tmp_path: Path) -> None:
+    job, _ = write_job(tmp_path)
+    with attached(tmp_path, job) as (run, client):
+        client.attach(timeout=20)  # no breakpoint: the script runs on
+        run.wait_for_line(r"^Debugger attached = True$", timeout=10)
+        run.wait_for_line(r"^amldbg: stall report armed on rank 0", timeout=10)
+        blocked_at = line_time(run, r"^waiting for the shard$")
+        assert_stall_reported(run, blocked_at)
+        # Still connected and running: the adapter answers, and nothing stopped.
+        threads = client.request("threads", timeout=10)["threads"]
+        assert any(t["name"] == "MainThread" for t in threads), threads
+        assert not [e for e in client.seen_events
+                    if e.get("event") in ("stopped", "terminated", "exited")]
     assert len(dumps(run.output)) == 1, run.output
 
 
@@ -122,31 +131,18 @@ def stop_at_a_breakpoint_then_block(tmp_path: Path, check: Callable[[Stopped], N
     than three stall timeouts, continue, and call ``check`` once it is blocked; then let it
     finish. Returns the finished run."""
     job, line = write_job(tmp_path)
-    port = free_port()
-    env = child_env(AMLDBG_DIAGNOSTICS_DIR=str(tmp_path / "diagnostics"))
-    with Running(job_args(job, port), cwd=tmp_path, env=env) as run:
-        try:
-            run.wait_for_line(rf"^port: {port}$", timeout=20)
-            client = DAPClient.connect("127.0.0.1", port, timeout=20)
-            try:
-                client.attach(breakpoints={job: [line]}, timeout=20)
-                stop = client.wait_for_stop(timeout=20)
-                assert stop["reason"] == "breakpoint"
-                assert client.top_frame(stop["threadId"])["line"] == line
-                run.wait_for_line(r"^amldbg: stall report armed on rank 0", timeout=10)
-                time.sleep(3.5 * STALL_TIMEOUT)  # stopped for more than three timeouts
-                while_stopped = run.output
-                assert "waiting for the shard" not in run.lines  # still stopped
-                client.request("setBreakpoints", {"source": {"path": job}, "breakpoints": []})
-                client.continue_(stop["threadId"])
-                check(Stopped(run, while_stopped, line_time(run, r"^waiting for the shard$")))
-                (tmp_path / "release").write_text("")
-                run.wait_for_line(r"^done$", timeout=10)
-            finally:
-                client.disconnect()
-            assert run.wait(20) == 0
-        finally:
-            reap_debug_adapters([port])
+    with attached(tmp_path, job) as (run, client):
+        client.attach(breakpoints={job: [line]}, timeout=20)
+        stop = client.wait_for_stop(timeout=20)
+        assert stop["reason"] == "breakpoint"
+        assert client.top_frame(stop["threadId"])["line"] == line
+        run.wait_for_line(r"^amldbg: stall report armed on rank 0", timeout=10)
+        time.sleep(3.5 * STALL_TIMEOUT)  # stopped for more than three timeouts
+        while_stopped = run.output
+        assert "waiting for the shard" not in run.lines  # still stopped
+        client.request("setBreakpoints", {"source": {"path": job}, "breakpoints": []})
+        client.continue_(stop["threadId"])
+        check(Stopped(run, while_stopped, line_time(run, r"^waiting for the shard$")))
     return run
 
 
