@@ -30,7 +30,15 @@ STUCK_OBJECTS = """
 import threading, time
 
 held = threading.Lock()
-held.acquire()  # a stuck prefetch thread holds it for ever
+holding = threading.Event()
+
+def prefetch():
+    with held:  # a prefetch thread stuck on a hung mount, holding the reader's lock
+        holding.set()
+        threading.Event().wait()
+
+threading.Thread(target=prefetch, name="prefetch", daemon=True).start()
+holding.wait()
 
 def mark(what):
     with open("called.txt", "a") as handle:
