@@ -22,9 +22,17 @@ def dumps(output: str) -> list[dict[str, Any]]:
     return [json.loads(m) for m in re.findall(r"^amldbg stacks: (\{.*\})$", output, re.M)]
 
 
+# The scripts' print writes each line in one write(2): the processes of a script share one
+# stdout pipe, and print's separate writes of text and newline let their lines glue together.
+LINE_PRINT = (
+    "import os as _os; print = lambda *args, sep=' ', end='\\n', file=None, flush=False: "
+    "_os.write(1, (sep.join(map(str, args)) + end).encode())\n"
+)
+
+
 def script(tmp_path: Path, body: str) -> str:
     path = tmp_path / "job.py"
-    path.write_text(textwrap.dedent(body).lstrip())
+    path.write_text(LINE_PRINT + textwrap.dedent(body).lstrip())
     return str(path)
 
 
