@@ -87,8 +87,17 @@ def shorten(text: str, limit: int) -> str:
     return text[:cut] + "..."
 
 
+#: Characters past ``limit`` that :func:`safe` still masks before it cuts: a secret that
+#: starts in the shown part and ends past the cut is still found, and a huge text (a
+#: minified source line) costs a bounded time.
+MASK_WINDOW = 4096
+
+
 def safe(text: object, limit: int | None = None) -> str:
     """``text`` masked, escaped to one line and cut to ``limit`` characters: what amldbg
     writes of any value it did not make itself."""
-    shown = escape(mask(text))
+    raw = _text(text)
+    if limit is not None and len(raw) > limit + MASK_WINDOW:
+        raw = raw[: limit + MASK_WINDOW]
+    shown = escape(mask(raw))
     return shown if limit is None else shorten(shown, limit)

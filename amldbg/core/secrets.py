@@ -68,7 +68,7 @@ _RULES: tuple[tuple[re.Pattern[str], str], ...] = (
             r"Authorization|Password|Pwd|AccessKey|ApiKey|api_key|access_token|id_token|"
             r"refresh_token|client_secret|token|sig|secret)\s*=\s*)"
             # Authorization=ikey / Authorization=AAD name a mechanism, not a credential.
-            r"(?!(?:ikey|aad)(?:[;&\s\"'\\<>]|$))[^;&\s\"'\\<>]+",
+            r"(?!(?:ikey|aad)(?:[;&\s\"'\\<>]|$))(?![rRbBuUfF]{1,2}[\"'])[^;&\s\"'\\<>]+",
             re.IGNORECASE,
         ),
         r"\1" + MASK,
@@ -102,24 +102,49 @@ def _base64(found: re.Match[str]) -> str:
     return MASK
 
 
-# A quoted value given a name: ``api_key="..."``, ``token='...'``, ``"password": "..."`` (source
-# lines, reprs of dicts and keyword calls). The value is hidden when the name is a secret's
-# (:func:`is_secret_name`); quotes and escapes inside the value are honoured.
+# A quoted value given a name: ``api_key="..."``, ``token='...'``, ``"password": "..."``,
+# ``os.environ["HF_TOKEN"] = "..."``, ``api_key: str = "..."``, with string prefixes
+# (``f"..."``, ``rb'...'``) and triple quotes (source lines, reprs of dicts and calls). The
+# value is hidden when the name is a secret's (:func:`is_secret_name`); quotes and escapes
+# inside the value are honoured. An unquoted name before ":" is prose ("KeyError: 'k'").
 _NAMED_QUOTED = re.compile(
-    # "name": 'value' (a dict or JSON) or name='value' (a call, an assignment); an unquoted
-    # name before ":" is prose ("KeyError: 'k'"), not a field.
-    r"""(?:(?P<q>['"])(?P<quoted>[A-Za-z_][A-Za-z0-9_.-]{0,80})(?P=q)\s*[:=]|"""
-    r"""(?P<name>\b[A-Za-z_][A-Za-z0-9_.-]{0,80})\s*=)\s*"""
-    r"""(?P<value>'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")"""
+    r"""(?:(?P<q>['"])(?P<quoted>[A-Za-z_][A-Za-z0-9_.-]{0,80})(?P=q)\]?\s*[:=]|"""
+    r"""(?P<name>\b[A-Za-z_][A-Za-z0-9_.-]{0,80})(?:\s*:\s*[A-Za-z_][\w.\[\], ]{0,40}?)?\s*=)\s*"""
+    r"""(?P<prefix>[rRbBuUfF]{0,2})"""
+    r"""(?P<value>'{3}(?:[^\\]|\\.){0,4096}?'{3}|"{3}(?:[^\\]|\\.){0,4096}?"{3}|"""
+    r"""'(?:[^'\\\n]|\\.){0,4096}'|"(?:[^"\\\n]|\\.){0,4096}")"""
 )
+# An unquoted value given a secret's name, as command lines and environments write it:
+# ``HF_TOKEN=hf_...``, ``db.secret_key=...`` (Hydra), ``--api_key=...``: no space around "=".
+_NAMED_BARE = re.compile(
+    r"""(?P<name>(?<![\w.-])[A-Za-z_][A-Za-z0-9_.-]{0,80})=(?!['"<])(?![(\[{])(?!(?i:ikey|aad)\b)(?![rRbBuUfF]{1,2}['"])"""
+    r"""(?P<value>[^\s'"\\<>;&,)\]}]{1,4096})"""
+)
+
+
+# A name that labels a secret rather than holding one: SharedAccessKeyName=, token_type=,
+# api_key_file=, KEY_ID=.
+_LABEL = re.compile(r"(?:name|id|file|path|dir|type|url|uri|length|size|count|env|var)$", re.IGNORECASE)
+
+
+def _names_a_secret(name: str) -> bool:
+    return is_secret_name(name) and not _LABEL.search(name)
 
 
 def _named_quoted(found: re.Match[str]) -> str:
     value = found.group("value")
     name = found.group("quoted") or found.group("name") or ""
-    if len(value) <= 2 or not is_secret_name(name) or value[1:-1] == MASK:
+    quote = 3 if value[:3] in ("'''", '"""') and len(value) >= 6 else 1
+    if len(value) <= 2 * quote or not _names_a_secret(name) or value[quote:-quote] == MASK:
         return found.group(0)
-    return found.group(0)[: found.start("value") - found.start(0)] + value[0] + MASK + value[-1]
+    head = found.group(0)[: found.start("value") - found.start(0)]
+    return head + value[:quote] + MASK + value[-quote:]
+
+
+def _named_bare(found: re.Match[str]) -> str:
+    if not _names_a_secret(found.group("name")) or found.group("value") == MASK:
+        return found.group(0)
+    return found.group("name") + "=" + MASK
 
 
 def is_secret_name(name: str) -> bool:
@@ -138,6 +163,8 @@ def mask_value(text: str) -> str:
         value = _NAMED_QUOTED.sub(_named_quoted, value)
     for pattern, replacement in _RULES:
         value = pattern.sub(replacement, value)
+    if "=" in value:  # after the connection-string rules, which know where their values end
+        value = _NAMED_BARE.sub(_named_bare, value)
     return _BASE64.sub(_base64, value)
 
 

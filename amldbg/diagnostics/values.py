@@ -44,8 +44,12 @@ MAX_REPR = 160
 MAX_ITEMS = 6
 #: Nesting shown: a value, its items, their items.
 MAX_DEPTH = 2
-#: Characters of a string masked before it is cut (secrets past the cut are still found).
-MAX_MASKED = 64 * 1024
+#: Characters of a string masked before it is cut: a secret that starts in the shown part and
+#: ends past the cut is still found (an Azure AD token is about 2,000 characters).
+MAX_MASKED = 4096
+#: Characters masked for one value in all: masking costs time, and a value holding many
+#: long strings must not hold up the report; past it, strings show only their length.
+MASK_BUDGET = 32 * 1024
 HIDDEN = secrets.MASK
 
 # Modules whose array-like objects are shown by shape, dtype and device.
@@ -95,7 +99,29 @@ def _lookup(cls: type, name: str) -> tuple[type | None, Any]:
 
 
 def _has_base(cls: type, base: type) -> bool:
-    return base in _mro(cls)
+    # By identity: `base in mro` would call a metaclass's __eq__ (script code).
+    return any(klass is base for klass in _mro(cls))
+
+
+def _one_of(cls: Any, choices: tuple[Any, ...]) -> bool:
+    """``cls in choices`` by identity (no ``__eq__`` of a metaclass runs)."""
+    return any(cls is choice for choice in choices)
+
+
+def _plain_text(value: Any) -> str | None:
+    """The characters of a str (or the latin-1 text of a bytes) value, also of a subclass
+    (an enum.StrEnum key), read from its data without calling it; else ``None``."""
+    cls = type(value)
+    if _has_base(cls, str):
+        return str.__add__("", str.__getitem__(value, slice(0, 256)))
+    if _has_base(cls, bytes):
+        return bytes.decode(bytes(bytes.__getitem__(value, slice(0, 256))), "latin-1")
+    return None
+
+
+def _secret_named(value: Any) -> bool:
+    text = _plain_text(value)
+    return text is not None and secrets.is_secret_name(text)
 
 
 def type_name(cls: type) -> str:
@@ -130,7 +156,7 @@ def _module_root(cls: type) -> str:
 def is_noise(value: Any) -> bool:
     """True for modules, functions and classes: a module frame's imports say nothing."""
     cls = type(value)
-    return cls in (types.ModuleType, types.FunctionType, types.BuiltinFunctionType) or _has_base(
+    return _one_of(cls, (types.ModuleType, types.FunctionType, types.BuiltinFunctionType)) or _has_base(
         cls, type
     )
 
@@ -148,7 +174,7 @@ def _c_attribute(value: Any, cls: type, name: str) -> Any:
     """``value.name`` when the type defines it in C (a getset or member descriptor); else
     ``None``. A Python property, ``__getattr__`` or instance attribute is never consulted."""
     _, raw = _lookup(cls, name)
-    if type(raw) not in _C_DESCRIPTORS:
+    if not _one_of(type(raw), _C_DESCRIPTORS):
         return None
     try:
         return raw.__get__(value, cls)
@@ -160,6 +186,14 @@ def _c_attribute(value: Any, cls: type, name: str) -> Any:
 class _Formatter:
     def __init__(self, limit: int) -> None:
         self.limit = limit
+        self.mask_left = MASK_BUDGET
+
+    def _masked(self, text: str) -> str | None:
+        """``text`` masked, while the value's masking budget lasts; else ``None``."""
+        if len(text) > self.mask_left:
+            return None
+        self.mask_left -= len(text)
+        return safetext.mask(text)
 
     def format(self, value: Any, depth: int) -> str:
         cls = type(value)
@@ -219,10 +253,10 @@ class _Formatter:
         return text if cls is base else f"{_short_name(cls)}({text})"
 
     def _string(self, value: str) -> str:
-        text = str.__getitem__(value, slice(0, MAX_MASKED))
-        if type(text) is not str:
-            text = str.__add__("", text)
-        masked = safetext.mask(text)
+        text = str.__add__("", str.__getitem__(value, slice(0, MAX_MASKED)))
+        masked = self._masked(text)
+        if masked is None:
+            return f"<str of {str.__len__(value)} characters>"
         if len(masked) > self.limit:
             masked = masked[: self.limit] + "..."
         return str.__repr__(masked)
@@ -231,7 +265,9 @@ class _Formatter:
         base = bytes if _has_base(cls, bytes) else bytearray
         head = bytes(base.__getitem__(value, slice(0, MAX_MASKED)))
         text = bytes.__repr__(head)  # b'...', escapes everything that is not ASCII
-        masked = safetext.mask(text)
+        masked = self._masked(text)
+        if masked is None:
+            return f"<{_short_name(cls)} of {base.__len__(value)} bytes>"
         if len(masked) > self.limit:
             masked = masked[: self.limit] + "..."
         return self._subclassed(cls, bytes, masked) if base is bytes else f"bytearray({masked})"
@@ -253,7 +289,7 @@ class _Formatter:
             inner = ", ".join(self._strings_hiding_secrets(list(self._items(base.__iter__(value))), depth))
             if size > MAX_ITEMS:
                 inner += f", ... ({size} items)"
-        if base in (set, frozenset) and not size:
+        if _one_of(base, (set, frozenset)) and not size:
             text = f"{base.__name__}()"
         else:
             text = opening + inner + closing
@@ -269,8 +305,9 @@ class _Formatter:
                 shown.append(HIDDEN)
                 hide_next = False
                 continue
-            if type(item) is str and item.startswith("-"):
-                name, equals, _ = item.partition("=")
+            text = _plain_text(item) if _has_base(type(item), str) else None
+            if text is not None and text.startswith("-"):
+                name, equals, _ = text.partition("=")
                 if secrets.is_secret_name(name.lstrip("-")):
                     if equals:
                         shown.append(str.__repr__(name + "=" + HIDDEN))
@@ -291,7 +328,7 @@ class _Formatter:
         size = tuple.__len__(value)
         if size == 2 and depth < MAX_DEPTH:
             first = tuple.__getitem__(value, 0)
-            if type(first) is str and secrets.is_secret_name(first):
+            if _secret_named(first):
                 text = f"({self.format(first, depth + 1)}, {HIDDEN})"
                 return text if cls is tuple else f"{_short_name(cls)}({text})"
         if size == 1 and depth < MAX_DEPTH:
@@ -306,9 +343,7 @@ class _Formatter:
             return "{...}"
         pieces = []
         for key, item in self._items(pairs):
-            hidden = type(key) in (str, bytes) and secrets.is_secret_name(
-                key if type(key) is str else key.decode("latin-1")
-            )
+            hidden = _secret_named(key)
             shown = HIDDEN if hidden else self.format(item, depth + 1)
             pieces.append(f"{self.format(key, depth + 1)}: {shown}")
         if size > MAX_ITEMS:
@@ -386,7 +421,7 @@ def _instance_fields(value: Any, cls: type) -> dict[str, Any]:
     descriptor), its ``__slots__`` (C member descriptors), in dataclass field order first."""
     found: dict[str, Any] = {}
     _, raw = _lookup(cls, "__dict__")
-    if type(raw) in _C_DESCRIPTORS:  # SimpleNamespace keeps its dict in a member
+    if _one_of(type(raw), _C_DESCRIPTORS):  # SimpleNamespace keeps its dict in a member
         try:
             namespace = raw.__get__(value, cls)
         except Exception:
@@ -397,7 +432,7 @@ def _instance_fields(value: Any, cls: type) -> dict[str, Any]:
                     found[key] = item
     for klass in _mro(cls):
         slots = _class_dict(klass).get("__slots__", ())
-        names = (slots,) if type(slots) is str else (slots if type(slots) in (tuple, list) else ())
+        names = (slots,) if type(slots) is str else (slots if _one_of(type(slots), (tuple, list)) else ())
         for name in names:
             if type(name) is not str or name in ("__dict__", "__weakref__") or name in found:
                 continue

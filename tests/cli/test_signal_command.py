@@ -51,11 +51,12 @@ RANKS = """
     import os, time, amldbg
     amldbg.enable_remote_debug()  # on demand through AMLDBG_REMOTE_DEBUG_ON_DEMAND=1
     rank = int(os.environ["RANK"])
-    print(f"rank {rank} ready pid {os.getpid()}", flush=True)
+    # One write per line: the ranks share torchrun's stdout, and print's two writes glue.
+    os.write(1, f"rank {rank} ready pid {os.getpid()}\\n".encode())
     deadline = time.monotonic() + 150
     while not os.path.exists("finish") and time.monotonic() < deadline:
         time.sleep(0.05)
-    print(f"rank {rank} finished", flush=True)
+    os.write(1, f"rank {rank} finished\\n".encode())
 """
 
 

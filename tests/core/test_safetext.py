@@ -62,3 +62,27 @@ def test_shorten_never_splits_an_escape() -> None:
         assert len(cut) <= limit
         body = cut[:-3] if cut.endswith("...") else cut
         assert not body.endswith(("\\", "\\u", "\\u2", "\\u20", "\\u202"))
+
+
+@pytest.mark.parametrize(
+    ("raw", "masked"),
+    [
+        ('os.environ["HF_TOKEN"] = "hunter2"', 'os.environ["HF_TOKEN"] = "<hidden>"'),
+        ('config["password"] = "hunter2"', 'config["password"] = "<hidden>"'),
+        ('api_key: str = "hunter2"', 'api_key: str = "<hidden>"'),
+        ('client = OpenAI(api_key=f"hunter2")', 'client = OpenAI(api_key=f"<hidden>")'),
+        ('token = b"hunter2"', 'token = b"<hidden>"'),
+        ('PASSWORD = """hunter2"""', 'PASSWORD = """<hidden>"""'),
+        ("HF_TOKEN=hunter2 python train.py", "HF_TOKEN=<hidden> python train.py"),
+        ("export OPENAI_API_KEY=hunter2", "export OPENAI_API_KEY=<hidden>"),
+        ("SharedAccessKeyName=Root", "SharedAccessKeyName=Root"),
+        ("token_type=refresh max_tokens=5", "token_type=refresh max_tokens=<hidden>"),
+    ],
+)
+def test_mask_hides_what_source_lines_and_command_lines_give_a_secret_name(raw: str, masked: str) -> None:
+    assert safetext.mask(raw) == masked
+
+
+def test_safe_bounds_the_text_it_masks() -> None:
+    line = "x = 1; " * 200_000 + 'api_key="k"'
+    assert safetext.safe(line, 50).endswith("...")

@@ -228,3 +228,51 @@ def test_frame_values_skip_imports_and_functions_before_counting() -> None:
 def test_frame_values_stop_at_the_deadline() -> None:
     shown = frame_values(iter({"a": 1, "b": 2}.items()), 24, lambda: True)
     assert shown == {"...": "time budget spent"}
+
+
+class EqualityMeta(type):
+    # `base in cls.__mro__` compares with ==: a metaclass's __eq__ is script code.
+    def __eq__(cls, other: object) -> bool:
+        calls.append("metaclass __eq__")
+        return NotImplemented
+
+    __hash__ = type.__hash__
+
+
+class Compared(metaclass=EqualityMeta):
+    pass
+
+
+class ComparedError(Exception, metaclass=type("ErrorMeta", (EqualityMeta,), {})):
+    pass
+
+
+def test_types_are_compared_by_identity_never_by_a_metaclass_eq() -> None:
+    assert describe(Compared()) == "<test_values.Compared object>"
+    assert describe([Compared]) == "[<class test_values.Compared>]"
+    assert exception_text(ComparedError("x")) == "ComparedError: x"
+
+
+def test_secret_names_that_are_str_or_bytes_subclasses_still_hide_their_values() -> None:
+    class Key(str, enum.Enum):
+        API_KEY = "api_key"
+
+    class Option(str):
+        pass
+
+    assert describe({Key.API_KEY: "hunter2"}) == "{Key('api_key'): <hidden>}"
+    assert describe([Option("--password"), "hunter2"]) == "[Option('--password'), <hidden>]"
+    assert describe({type("B", (bytes,), {})(b"token"): "t"}) == "{B(b'token'): <hidden>}"
+    assert describe([(Key.API_KEY, "hunter2")]) == "[(Key('api_key'), <hidden>)]"
+
+
+def test_an_argv_of_name_value_pairs_hides_the_secret_values() -> None:
+    argv = ["train.py", "db.secret_key=hunter2", "hf_token=abc123", "lr=0.1"]
+    assert describe(argv) == "['train.py', 'db.secret_key=<hidden>', 'hf_token=<hidden>', 'lr=0.1']"
+
+
+def test_masking_stops_at_the_values_budget_and_shows_lengths_instead() -> None:
+    # Masking is the costly part: one value holding many long strings is bounded.
+    text = "a://:" * 2000
+    shown = describe({f"k{n}": [text] * 6 for n in range(6)}, limit=1_000_000)
+    assert "<str of 10000 characters>" in shown
