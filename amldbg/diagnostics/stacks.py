@@ -83,13 +83,25 @@ def safe_repr(value: Any, limit: int = MAX_REPR) -> str:
     return values.describe(value, limit)
 
 
+# What frame.f_locals of a function is: a dict, or from Python 3.13 a C proxy of its own type.
+_LOCALS_PROXY = type((lambda: sys._getframe().f_locals)())
+
+
 def frame_locals(frame: FrameType, deadline: float) -> dict[str, str]:
     """The local values of ``frame`` (:func:`safe_repr`, secret names hidden), until
     ``deadline`` (a ``time.monotonic()`` value). A module frame's imports, functions and
     classes are left out before the :data:`MAX_LOCALS` are counted, so that a flat script
     shows its own values."""
     try:
-        names = dict(frame.f_locals)
+        namespace = frame.f_locals
+        if values.is_dict(namespace):
+            names = dict(dict.items(namespace))
+        elif type(namespace) is _LOCALS_PROXY:  # Python 3.13's frame-locals proxy is C
+            names = dict(namespace)
+        else:
+            # A class body's namespace may be a mapping of the script's (a metaclass's
+            # __prepare__), whose methods must not run.
+            return {}
     except Exception:
         return {}
     return values.frame_values(
@@ -136,7 +148,11 @@ def _frame_record(
         "library": is_library_file(filename),
     }
     try:
-        source = linecache.getline(filename, line).strip()
+        # A lazy cache entry would call its module's loader (get_source: an import hook's code,
+        # perhaps a remote fetch); only lines of files already read, or on disk, are shown.
+        entry = linecache.cache.get(filename)
+        lazy = type(entry) is tuple and len(entry) == 1
+        source = "" if lazy else linecache.getline(filename, line).strip()
     except Exception:
         source = ""
     if source:
@@ -223,12 +239,9 @@ def _threads_by_ident() -> dict[int, tuple[str, bool | None]]:
 
 
 def vars_of(instance: Any) -> dict[str, Any]:
-    """The instance's own ``__dict__`` when it is a plain dict, read without running code."""
-    try:
-        namespace = object.__getattribute__(instance, "__dict__")
-    except Exception:
-        return {}
-    return namespace if type(namespace) is dict else {}
+    """The instance's own ``__dict__`` when it is a plain dict, read without running code
+    (:func:`amldbg.diagnostics.values.instance_dict`)."""
+    return values.instance_dict(instance)
 
 
 def capture(

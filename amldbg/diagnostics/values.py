@@ -416,6 +416,20 @@ class _Formatter:
         return f"{label}({', '.join(pieces)})"
 
 
+def instance_dict(value: Any) -> dict[str, Any]:
+    """The instance's own ``__dict__`` (a plain dict), read through its type's C descriptor
+    only: a class that defines ``__dict__`` as a property does not get it run; else ``{}``."""
+    cls = type(value)
+    _, raw = _lookup(cls, "__dict__")
+    if not _one_of(type(raw), _C_DESCRIPTORS):
+        return {}
+    try:
+        namespace = raw.__get__(value, cls)
+    except Exception:
+        return {}
+    return namespace if type(namespace) is dict else {}
+
+
 def _instance_fields(value: Any, cls: type) -> dict[str, Any]:
     """The fields stored in the instance: its ``__dict__`` (read through the type's C
     descriptor), its ``__slots__`` (C member descriptors), in dataclass field order first."""
@@ -458,9 +472,16 @@ def _array_summary(value: Any, cls: type) -> str | None:
         torch = sys.modules.get("torch")
         tensor_base = getattr(getattr(torch, "_C", None), "TensorBase", None)
         if isinstance(tensor_base, type) and _has_base(cls, tensor_base):
-            # A tensor subclass's __torch_function__ would run on every attribute read;
-            # DisableTorchFunctionSubclass (C, this thread only) keeps it to the C getter.
-            disable = getattr(torch._C, "DisableTorchFunctionSubclass", None)  # type: ignore[union-attr]
+            # A subclass with its own __torch_dispatch__ may answer .shape and .device from
+            # Python (wrapper subclasses: DTensor-, FakeTensor-like): shown by type only.
+            _, dispatch = _lookup(cls, "__torch_dispatch__")
+            disabled = getattr(torch._C, "_disabled_torch_dispatch_impl", None)  # type: ignore[union-attr]
+            if dispatch is not None and dispatch is not disabled:
+                return f"<{_short_name(cls)}>"
+            # A subclass's __torch_function__, and a TorchFunctionMode active in this thread,
+            # would run on every attribute read; DisableTorchFunction (C, this thread only)
+            # keeps the read to the C getter.
+            disable = getattr(torch._C, "DisableTorchFunction", None)  # type: ignore[union-attr]
             if disable is None:
                 return f"<{_short_name(cls)}>"
             guard = disable
@@ -622,3 +643,8 @@ def frame_values(
     if left:
         shown["..."] = f"{left} more"
     return shown
+
+
+def is_dict(value: Any) -> bool:
+    """True for a ``dict`` or a subclass of it, checked without running its code."""
+    return _has_base(type(value), dict)

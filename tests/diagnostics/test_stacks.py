@@ -181,3 +181,53 @@ def test_a_dump_taken_inside_amldbgs_own_handler_shows_the_interrupted_frame() -
     assert main["frames"][-1]["function"].endswith("wait_for_go")
     # Without skip_code the innermost frame is where the capture was taken.
     assert stacks.capture("signal")["threads"][0]["frames"][-1]["function"] == "capture"
+
+
+def test_a_capture_runs_no_class_body_mapping_and_no_loader_of_a_lazy_source(tmp_path: Path) -> None:
+    import linecache
+    import sys
+
+    ran: list[str] = []
+
+    class Namespace(dict):  # type: ignore[type-arg]
+        def keys(self) -> Any:
+            ran.append("keys")
+            return super().keys()
+
+        def __getitem__(self, key: Any) -> Any:
+            ran.append("__getitem__")
+            return super().__getitem__(key)
+
+    class Meta(type):
+        @classmethod
+        def __prepare__(mcs, name: str, bases: Any, **kwargs: Any) -> Any:
+            return Namespace()
+
+    class Loader:
+        def get_source(self, name: str) -> str:
+            ran.append("get_source")
+            return "x = 1\n"
+
+    lazy_file = str(tmp_path / "remote_module.py")  # not on disk: only its loader knows it
+    linecache.lazycache(lazy_file, {"__name__": "remote_module", "__loader__": Loader()})
+    code = compile("def body(capture):\n    return capture()\n", lazy_file, "exec")
+    namespace: dict[str, Any] = {}
+    exec(code, namespace)
+    holder: dict[str, Any] = {}
+
+    def capture() -> tuple[dict[str, Any], list[str]]:
+        del ran[:]  # the class body's own name lookups use its mapping; the capture must not
+        dump = stacks.capture("request")
+        return dump, list(ran)
+
+    def capture_in_class_body() -> None:
+        class Model(metaclass=Meta):  # noqa: F841
+            holder["dump"], holder["ran"] = namespace["body"](capture)
+
+    capture_in_class_body()
+    assert holder["ran"] == []
+    frames = holder["dump"]["threads"][0]["frames"]
+    assert any(f["function"] == "body" and "code" not in f for f in frames)
+    assert any(f["function"].endswith("Model") and f.get("locals") == {} for f in frames)
+    linecache.clearcache()
+    assert "remote_module" not in sys.modules

@@ -276,3 +276,47 @@ def test_masking_stops_at_the_values_budget_and_shows_lengths_instead() -> None:
     text = "a://:" * 2000
     shown = describe({f"k{n}": [text] * 6 for n in range(6)}, limit=1_000_000)
     assert "<str of 10000 characters>" in shown
+
+
+def test_tensor_subclasses_that_answer_from_python_are_shown_by_type_only() -> None:
+    import torch
+
+    class Wrapper(torch.Tensor):  # DTensor- and FakeTensor-like: metadata from Python
+        @staticmethod
+        def __new__(cls, inner: Any) -> Any:
+            return torch.Tensor._make_wrapper_subclass(  # type: ignore[attr-defined]
+                cls, inner.shape, dtype=inner.dtype, device=inner.device,
+                dispatch_sizes_strides_policy="sizes", dispatch_device=True)
+
+        @classmethod
+        def __torch_dispatch__(cls, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            calls.append("__torch_dispatch__")
+            return NotImplemented
+
+    from torch.overrides import TorchFunctionMode
+
+    class Mode(TorchFunctionMode):
+        def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            calls.append("mode __torch_function__")
+            return func(*args, **(kwargs or {}))
+
+    assert describe(Wrapper(torch.zeros(2))) == "<Wrapper>"
+    tensor = torch.zeros(2)
+    with Mode():  # the SIGUSR1 dump runs in the main thread, where a mode may be active
+        assert describe(tensor) == "<Tensor shape=(2,) dtype=torch.float32 device=cpu>"
+
+
+def test_an_instance_dict_behind_a_property_is_not_read() -> None:
+    import threading
+
+    from amldbg.diagnostics import stacks
+
+    class Worker(threading.Thread):
+        @property  # type: ignore[misc]
+        def __dict__(self) -> Any:  # noqa: PLE0237
+            calls.append("thread __dict__ property")
+            raise AssertionError
+
+    worker = Worker()
+    assert stacks.vars_of(worker) == {}
+    assert stacks.thread_name(worker) == "a thread"
