@@ -108,7 +108,7 @@ def _excepthook(
             _crash_report(exc_type, exc, tb, "the main thread")
             _post_mortem(exc_type, exc, tb, _settings, "the main thread")
     except BaseException as error:  # e.g. Ctrl+C while waiting: still fail as before
-        announce.warn(f"post-mortem debugging failed: {error!r}")
+        announce.warn(f"post-mortem debugging failed: {values.exception_text(error, 300)}")
     finally:
         previous = _previous_excepthook or sys.__excepthook__
         previous(exc_type, exc, tb)
@@ -127,7 +127,7 @@ def _threading_excepthook(hook_args: Any) -> None:
                 f"thread {name!r}",
             )
     except BaseException as error:
-        announce.warn(f"post-mortem debugging failed: {error!r}")
+        announce.warn(f"post-mortem debugging failed: {values.exception_text(error, 300)}")
     finally:
         previous = _previous_threading_excepthook or _ORIGINAL_THREADING_EXCEPTHOOK
         previous(hook_args)
@@ -155,7 +155,8 @@ def _ignored(exc_type: type[BaseException]) -> bool:
     # Stopping the script on purpose is not a crash to debug.
     if issubclass(exc_type, (KeyboardInterrupt, SystemExit)):
         return True
-    return exc_type.__name__ == "BdbQuit" and exc_type.__module__ == "bdb"
+    # Read without the class's own attribute hooks (a metaclass's __getattribute__).
+    return values.type_name(exc_type) == "bdb.BdbQuit"
 
 
 def _already_handled(exc: BaseException) -> bool:

@@ -7,7 +7,7 @@ thread once (:func:`amldbg.diagnostics.stacks.write_dump`), and once more only a
 resumed and stalled again. It never kills, signals or pauses anything.
 
 The report is held back only while the debugger has the process stopped (a thread paused at
-a breakpoint, or a step in progress): a client that is merely connected does not hide a hang,
+a breakpoint or at the end of a step): a client that is merely connected does not hide a hang,
 and the timeout starts again when the debugger resumes. The inference server's gunicorn
 workers are left out (an idle worker looks stalled).
 
@@ -183,14 +183,14 @@ class _Watchdog(threading.Thread):
                 faulthandler.cancel_dump_traceback_later()
 
 
-# pydevd's thread states (pydevd_constants): paused, and "no step command".
+# pydevd's thread state "paused" (pydevd_constants.STATE_SUSPEND).
 _STATE_SUSPEND = 2
-_NO_STEP = -1
 
 
 def _debugger_stopped() -> bool:
     """True while the debugger has the process stopped: a thread is paused (a breakpoint, a
-    pause, an exception stop) or a step is in progress. A connected client alone is not."""
+    pause, an exception stop, the end of a step). A connected client alone is not, nor a step
+    whose call is still running."""
     if "pydevd" not in sys.modules:
         return False
     try:
@@ -202,10 +202,9 @@ def _debugger_stopped() -> bool:
         if info is None:
             continue
         try:
+            # Only a thread paused now: a step over a call that then hangs leaves its step
+            # command set while the script runs, and must not hide the hang.
             if info.pydev_state == _STATE_SUSPEND:
-                return True
-            step = info.pydev_step_cmd
-            if isinstance(step, int) and step != _NO_STEP:
                 return True
         except Exception:
             continue
