@@ -95,18 +95,16 @@ def frame_locals(frame: FrameType, deadline: float) -> dict[str, str]:
     try:
         namespace = frame.f_locals
         if values.is_dict(namespace):
-            names = dict(dict.items(namespace))
+            items = list(dict.items(namespace))
         elif type(namespace) is _LOCALS_PROXY:  # Python 3.13's frame-locals proxy is C
-            names = dict(namespace)
+            items = list(dict(namespace).items())
         else:
             # A class body's namespace may be a mapping of the script's (a metaclass's
             # __prepare__), whose methods must not run.
             return {}
     except Exception:
         return {}
-    return values.frame_values(
-        iter(dict.items(names)), MAX_LOCALS, lambda: time.monotonic() > deadline
-    )
+    return values.frame_values(iter(items), MAX_LOCALS, lambda: time.monotonic() > deadline)
 
 
 # -- frames -----------------------------------------------------------------------------------
@@ -228,7 +226,7 @@ def _threads_by_ident() -> dict[int, tuple[str, bool | None]]:
     except RuntimeError:  # a thread started or ended while the table was copied
         threads = threading.enumerate()
     for thread in threads:
-        fields = vars_of(thread)
+        fields = values.instance_dict(thread)
         ident, name, daemon = fields.get("_ident"), fields.get("_name"), fields.get("_daemonic")
         if type(ident) is int:
             found[ident] = (
@@ -236,12 +234,6 @@ def _threads_by_ident() -> dict[int, tuple[str, bool | None]]:
                 daemon if type(daemon) is bool else None,
             )
     return found
-
-
-def vars_of(instance: Any) -> dict[str, Any]:
-    """The instance's own ``__dict__`` when it is a plain dict, read without running code
-    (:func:`amldbg.diagnostics.values.instance_dict`)."""
-    return values.instance_dict(instance)
 
 
 def capture(
@@ -610,7 +602,7 @@ _crash_hooks: tuple[Any, Any] | None = None
 
 def thread_name(thread: Any) -> str:
     """A thread's name from its own fields (a subclass's ``name`` property is not run)."""
-    name = vars_of(thread).get("_name")
+    name = values.instance_dict(thread).get("_name")
     return name if type(name) is str else "a thread"
 
 

@@ -52,7 +52,7 @@ import time
 from typing import Any
 
 from amldbg.core import announce, environment, forksafe, threads
-from amldbg.diagnostics import stacks
+from amldbg.diagnostics import stacks, values
 
 __all__ = ["arm", "disarm", "heartbeat", "is_armed"]
 
@@ -198,7 +198,7 @@ def _debugger_stopped() -> bool:
     except Exception:
         return False
     for thread in threads:
-        info = stacks.vars_of(thread).get("additional_info")
+        info = values.instance_dict(thread).get("additional_info")
         if info is None:
             continue
         try:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from amldbg.diagnostics.values import describe, exception_text, frame_values
+from amldbg.diagnostics.values import describe, exception_text, frame_values, instance_dict
 
 calls: list[str] = []
 
@@ -318,5 +318,5 @@ def test_an_instance_dict_behind_a_property_is_not_read() -> None:
             raise AssertionError
 
     worker = Worker()
-    assert stacks.vars_of(worker) == {}
+    assert instance_dict(worker) == {}
     assert stacks.thread_name(worker) == "a thread"
