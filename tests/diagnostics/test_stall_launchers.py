@@ -155,17 +155,22 @@ def test_mpiexec_ranks_ports_and_stall_report(tmp_path: Path) -> None:
     assert "rank 0 of 2 finished" in run.output and "rank 1 of 2 finished" in run.output
 
 
-def test_mpich_runs_here() -> None:
+def test_mpich_runs_here(tmp_path: Path) -> None:
     """The MPI launcher comes from pip alone (`pip install mpich`) and runs as root."""
     launcher = mpiexec()
     if launcher is None:
         pytest.skip("no mpiexec: pip install mpich")
+    # Each rank writes its own file: mpiexec forwards the ranks' stdout in chunks, so two
+    # ranks' words can share one line of the launcher's output.
     result = subprocess.run(
         [launcher, "-n", "2", sys.executable, "-c",
-         "from amldbg.core import environment as e; t = e.topology(); "
-         "print(t.launcher, t.rank, t.local_rank, t.world_size)"],
+         "import sys; from amldbg.core import environment as e; t = e.topology(); "
+         "open(sys.argv[1] + '/rank-%d' % t.rank, 'w')"
+         ".write('%s %d %d %d' % (t.launcher, t.rank, t.local_rank, t.world_size))",
+         str(tmp_path)],
         capture_output=True, text=True, timeout=120, cwd=str(ROOT),
         env=child_env(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1"),
     )
     assert result.returncode == 0, result.stderr
-    assert sorted(result.stdout.split("\n")[:2]) == ["mpi 0 0 2", "mpi 1 1 2"]
+    seen = sorted(p.read_text() for p in tmp_path.glob("rank-*"))
+    assert seen == ["mpi 0 0 2", "mpi 1 1 2"]
