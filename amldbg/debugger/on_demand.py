@@ -1,27 +1,19 @@
 """On-demand triggers, ``--remote_debug_on_demand``: ``kill -USR1 PID`` writes the stacks of
 every thread, ``kill -USR2 PID`` starts the debugger without waiting.
 
-Off unless asked for. Armed, it costs next to nothing while idle: one thread waiting in
-``select()``, which wakes every :data:`OWNERSHIP_CHECK` seconds to check the handlers.
+Off unless asked for. Armed, it costs next to nothing while idle: amldbg's signal thread
+waiting in ``select()``, which wakes every :data:`~amldbg.core.signalpipe.IDLE_CHECK` seconds
+to check the handlers.
 
-How a signal reaches amldbg while the main thread is blocked in C (a collective, a queue):
-Python runs signal handlers only in the main thread, between bytecodes, so a handler alone
-would wait for the C call to return. amldbg therefore also points
-:func:`signal.set_wakeup_fd` at a pipe: CPython's C-level handler writes the signal's number
-there at once, from whichever thread the kernel chose, and a daemon thread reading the pipe
-does the work. The Python handler is what makes CPython catch the signal at all (without it
-SIGUSR1's default action ends the process); it does the work itself only when the pipe is no
-longer the wakeup fd (asyncio, for one, takes the wakeup fd for its own signal handlers).
-
-Why not ``pthread_sigmask`` and ``sigwait``: a blocked signal mask is inherited by every
-thread and child process started later (data loader workers, ``subprocess``), which would
-silently break their own signal handling; threads started earlier (torch's, debugpy's) do
-not have it blocked, and the default action of SIGUSR1 would still end the process there.
+A signal reaches amldbg while the main thread is blocked in C (a collective, a queue)
+through :mod:`amldbg.core.signalpipe`: its thread acts at once; the Python handler acts
+itself only when that pipe is not the wakeup fd (an event loop took it, a forked child).
+Without the Python handler, SIGUSR1's default action would end the process.
 
 Only while amldbg owns the signal: when the script or a framework installs its own handler
 after amldbg (Lightning's requeue handler, submitit's preemption handler do so during
 ``fit``), amldbg stops acting on that signal at once, says so in one line (the reader checks
-every :data:`OWNERSHIP_CHECK` seconds and at every signal), and takes it up again, with one
+every :data:`~amldbg.core.signalpipe.IDLE_CHECK` seconds and at every signal), and takes it up again, with one
 more line, if that handler is later put back to amldbg's. A SIGUSR2 that is no longer amldbg's
 never starts a debugger.
 
@@ -34,34 +26,25 @@ signal sent to its own pid in its main thread; a child started with exec starts 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import select
 import signal
 import sys
 import threading
 from typing import Any
 
-from amldbg.core import announce, environment, forksafe, runtime, threads
+from amldbg.core import announce, environment, forksafe, runtime, signalpipe
 from amldbg.core.guard import describe
 from amldbg.core.settings import DebugSettings
 from amldbg.diagnostics import registry, stacks
 
 __all__ = ["arm", "disarm", "is_armed", "owned_signals"]
 
-#: Seconds between two checks, by the reader thread, that amldbg still owns its signals.
-OWNERSHIP_CHECK = 2.0
-
 _lock = forksafe.lock()
 # Signals amldbg installed but whose handler someone else has replaced since: not acted on.
 _lost: set[int] = set()
 _settings: DebugSettings | None = None
 _installed: dict[int, Any] = {}  # signal number -> the handler that was there before
-_read_fd = -1
-_write_fd = -1
-_previous_wakeup_fd = -1
-_reader: threading.Thread | None = None
 
 
 def _signals() -> dict[int, str]:
@@ -95,7 +78,6 @@ def arm(settings: DebugSettings, topology: environment.Topology | None = None) -
 
 
 def _arm(topology: environment.Topology) -> bool:
-    global _read_fd, _write_fd, _previous_wakeup_fd, _reader
     wanted = _signals()
     if not wanted:
         announce.info("on-demand triggers are off: this platform has no SIGUSR1/SIGUSR2")
@@ -128,21 +110,8 @@ def _arm(topology: environment.Topology) -> bool:
     if not _installed:
         return False
     stacks.resolve_output_dir()
-    try:
-        _read_fd, _write_fd = os.pipe()
-        os.set_blocking(_write_fd, False)
-        previous = signal.set_wakeup_fd(_write_fd, warn_on_full_buffer=False)
-        if previous != -1:
-            # Someone else's wakeup fd (an event loop's): keep theirs; the handler alone acts.
-            signal.set_wakeup_fd(previous)
-            _close_pipe()
-        else:
-            _previous_wakeup_fd = previous
-            # Not suspended at a breakpoint: a dump on demand works while the debugger stops.
-            _reader = threads.start(_read_loop, "amldbg-on-demand")
-    except (OSError, ValueError) as error:
-        _close_pipe()
-        announce.warn(f"on-demand triggers react only between bytecodes: {describe(error)}")
+    for number in _installed:
+        signalpipe.listen(number, _on_pipe_signal, on_idle=_check_ownership)
     names = {_signals()[number]: number for number in _installed}
     actions = []
     if "SIGUSR1" in names:
@@ -154,49 +123,10 @@ def _arm(topology: environment.Topology) -> bool:
     return True
 
 
-def _close_pipe() -> None:
-    global _read_fd, _write_fd
-    for fd in (_read_fd, _write_fd):
-        if fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-    _read_fd = _write_fd = -1
-
-
-def _close_write_end() -> None:
-    global _read_fd, _write_fd
-    if _reader is None or not _reader.is_alive():
-        _close_pipe()
-        return
-    if _write_fd >= 0:
-        with contextlib.suppress(OSError):
-            os.close(_write_fd)
-    _read_fd = _write_fd = -1
-
-
-def _read_loop() -> None:
-    fd = _read_fd
-    try:
-        while True:
-            try:
-                ready, _, _ = select.select([fd], [], [], OWNERSHIP_CHECK)
-                if not ready:
-                    _check_ownership()
-                    continue
-                data = os.read(fd, 64)
-            except InterruptedError:
-                continue
-            except (OSError, ValueError):
-                return
-            if not data:  # disarm() closed the write end
-                return
-            for number in data:
-                # The wakeup fd receives every signal that has a Python handler, ours or not.
-                if number in _installed and _owns(number):
-                    _act(number)
-    finally:
-        with contextlib.suppress(OSError):
-            os.close(fd)
+def _on_pipe_signal(number: int) -> None:
+    # On amldbg's signal thread, at once, even while the main thread is blocked in C.
+    if number in _installed and _owns(number):
+        _act(number)
 
 
 def _owns(number: int) -> bool:
@@ -238,17 +168,10 @@ def _handler(number: int, frame: Any) -> None:
     # it) does not make the signal amldbg's again.
     if not _owns(number):
         return
-    # When the pipe is still the wakeup fd, the reader thread has already acted (or is
+    # When the pipe is still the wakeup fd, the signal thread has already acted (or is
     # acting) on this signal.
-    if _write_fd >= 0:
-        try:
-            current = signal.set_wakeup_fd(_write_fd, warn_on_full_buffer=False)
-        except (OSError, ValueError):
-            current = -1
-        if current == _write_fd:
-            return
-        with contextlib.suppress(OSError, ValueError):
-            signal.set_wakeup_fd(current)  # someone else's: give it back
+    if signalpipe.delivers():
+        return
     _act(number)
 
 
@@ -269,8 +192,8 @@ def _act(number: int) -> None:
 
 
 def _own_threads() -> tuple[int, ...]:
-    reader = _reader
-    return (reader.ident,) if reader is not None and reader.ident is not None else ()
+    ident = signalpipe.reader_ident()
+    return (ident,) if ident is not None else ()
 
 
 def _start_debugger() -> None:
@@ -302,8 +225,7 @@ def _start_debugger() -> None:
 
 
 def disarm() -> None:
-    """Restore the handlers and wakeup fd amldbg replaced (tests)."""
-    global _reader
+    """Restore the handlers amldbg replaced and stop listening on the signal pipe (tests)."""
     with _lock:
         if threading.current_thread() is threading.main_thread():
             for number, previous in list(_installed.items()):
@@ -312,43 +234,13 @@ def disarm() -> None:
                         signal.signal(number, previous)
                 except (OSError, ValueError):
                     pass
-            if _write_fd >= 0:
-                try:
-                    current = signal.set_wakeup_fd(_previous_wakeup_fd)
-                    if current != _write_fd:
-                        signal.set_wakeup_fd(current)
-                except (OSError, ValueError):
-                    pass
+        for number in list(_installed):
+            signalpipe.forget(number)
         _installed.clear()
         _lost.clear()
-        _close_write_end()  # the reader reads end-of-file, closes its end and ends
-        _reader = None
         registry.unregister()
 
 
 def is_armed() -> bool:
     """True when at least one on-demand signal is handled by amldbg."""
     return bool(_installed)
-
-
-def _after_fork_in_child() -> None:
-    # The reader thread does not exist in a forked child, and the pipe is the parent's: a
-    # signal to the child must not wake the parent. The child's main thread handles it.
-    global _reader, _read_fd, _write_fd
-    if _write_fd < 0:
-        return
-    try:
-        current = signal.set_wakeup_fd(-1)
-        if current != _write_fd:
-            signal.set_wakeup_fd(current)  # someone else's: leave it
-    except (OSError, ValueError):
-        pass
-    for fd in (_read_fd, _write_fd):
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    _read_fd = _write_fd = -1
-    _reader = None
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

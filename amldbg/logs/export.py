@@ -83,10 +83,30 @@ class Sink:
 
     #: A short description of the last failure, safe to print (no secrets).
     last_error: str = ""
+    #: Seconds the destination asked to wait before the next request (``Retry-After`` of a
+    #: throttling answer), set by :meth:`send` before it returns RETRY; None when not asked.
+    retry_after: float | None = None
 
     def send(self, batch: list[Any], timeout: float) -> str:
-        """Send ``batch`` within about ``timeout`` seconds; return OK, RETRY or DROP."""
+        """Send ``batch`` within about ``timeout`` seconds; return OK, RETRY or DROP.
+
+        Partial success: when the destination accepted some items, rejected some and asks
+        for others again (Application Insights' 206), :meth:`send` leaves in ``batch`` only
+        the items to send again, calls :meth:`reject` for the rejected ones, and returns
+        RETRY (OK when nothing is left). DROP means every item still in ``batch`` was
+        rejected, for the reason in :attr:`last_error`.
+        """
         raise NotImplementedError
+
+    def reject(self, count: int, reason: str) -> None:
+        """Note that the destination refused ``count`` items for ``reason`` (key-free text)."""
+        if count > 0:
+            pending = self.__dict__.setdefault("_rejections", {})
+            pending[reason] = pending.get(reason, 0) + count
+
+    def take_rejections(self) -> dict[str, int]:
+        """The rejections noted since the last call, by reason (the channel counts them)."""
+        return self.__dict__.pop("_rejections", None) or {}
 
     def close(self, timeout: float) -> None:
         """Flush and release what the sink holds, within ``timeout`` seconds."""

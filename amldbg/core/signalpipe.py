@@ -1,0 +1,189 @@
+"""One wakeup pipe for amldbg's signals, so that a signal is acted on while the main thread
+is blocked in C (a collective, a queue, a long kernel).
+
+Python runs signal handlers only in the main thread, between bytecodes, so a handler alone
+would wait for the C call to return: a rank stuck in ``all_reduce`` would never write its
+stacks on SIGUSR1, nor flush its logs on SIGTERM. amldbg therefore points
+:func:`signal.set_wakeup_fd` at a pipe: CPython's C-level handler writes the signal's number
+there at once, from whichever thread the kernel chose, and a daemon thread reading the pipe
+(``amldbg-signals``) calls the listener of that signal. The Python handler is still what
+makes CPython catch the signal at all; it does the work itself only when the pipe is no
+longer the wakeup fd (:func:`delivers`): asyncio, for one, takes the wakeup fd for its own
+signal handlers, and a forked child has no reader thread.
+
+There is one wakeup fd per process, so there is one pipe for all of amldbg (the on-demand
+triggers and the SIGTERM flush of the logs share it); an event loop's wakeup fd that was
+there first is kept, never replaced.
+
+Why not ``pthread_sigmask`` and ``sigwait``: a blocked signal mask is inherited by every
+thread and child process started later (data loader workers, ``subprocess``), which would
+silently break their own signal handling; threads started earlier (torch's, debugpy's) do
+not have it blocked, and the default action would still apply there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import threading
+from typing import Callable
+
+from amldbg.core import announce, forksafe, threads
+from amldbg.core.guard import describe
+
+__all__ = ["delivers", "forget", "listen", "reader_ident"]
+
+#: Seconds between two calls of the listeners' idle checks (ownership of their handlers).
+IDLE_CHECK = 2.0
+
+_lock = forksafe.lock()
+_listeners: dict[int, Callable[[int], None]] = {}
+_idle_checks: dict[int, Callable[[], None]] = {}
+_read_fd = -1
+_write_fd = -1
+_reader: threading.Thread | None = None
+
+
+def listen(number: int, on_signal: Callable[[int], None],
+           on_idle: Callable[[], None] | None = None) -> bool:
+    """Call ``on_signal(number)`` on amldbg's signal thread each time signal ``number`` arrives.
+
+    ``on_idle`` is called on that thread every :data:`IDLE_CHECK` seconds without a signal.
+    The caller installs the Python handler itself (and must, or the signal's default action
+    applies). Main thread only. True when the pipe is the wakeup fd; False when another
+    wakeup fd was there first (then only the Python handler sees the signal). Never raises.
+    """
+    global _read_fd, _write_fd, _reader
+    with _lock:
+        _listeners[number] = on_signal
+        if on_idle is not None:
+            _idle_checks[number] = on_idle
+        if _write_fd >= 0:
+            return True
+        try:
+            read_fd, write_fd = os.pipe()
+        except OSError as error:
+            announce.warn(f"signals are acted on only between bytecodes: {describe(error)}")
+            return False
+        try:
+            os.set_blocking(write_fd, False)
+            previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        except (OSError, ValueError) as error:
+            _close(read_fd, write_fd)
+            announce.warn(f"signals are acted on only between bytecodes: {describe(error)}")
+            return False
+        if previous != -1:
+            # Someone else's wakeup fd (an event loop's): keep theirs; the handlers act.
+            with contextlib.suppress(OSError, ValueError):
+                signal.set_wakeup_fd(previous)
+            _close(read_fd, write_fd)
+            return False
+        _read_fd, _write_fd = read_fd, write_fd
+        # Not suspended at a breakpoint: a dump on demand works while the debugger stops.
+        _reader = threads.start(_read_loop, "amldbg-signals", read_fd)
+        return True
+
+
+def forget(number: int) -> None:
+    """Stop calling the listener of ``number``; with none left, give the wakeup fd back."""
+    global _read_fd, _write_fd, _reader
+    with _lock:
+        _listeners.pop(number, None)
+        _idle_checks.pop(number, None)
+        if _listeners or _write_fd < 0:
+            return
+        if threading.current_thread() is threading.main_thread():
+            with contextlib.suppress(OSError, ValueError):
+                current = signal.set_wakeup_fd(-1)
+                if current != _write_fd:
+                    signal.set_wakeup_fd(current)  # someone else's: leave it
+        # The reader reads end-of-file, closes its end and ends.
+        _close(_write_fd)
+        _read_fd = _write_fd = -1
+        _reader = None
+
+
+def delivers() -> bool:
+    """True while the pipe is the wakeup fd: the signal thread sees every signal, so a
+    Python handler leaves the work to it. Main thread only (a signal handler's thread)."""
+    fd = _write_fd
+    if fd < 0 or _reader is None:
+        return False
+    try:
+        current = signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
+    except (OSError, ValueError):
+        return False
+    if current == fd:
+        return True
+    with contextlib.suppress(OSError, ValueError):
+        signal.set_wakeup_fd(current)  # someone else's: give it back
+    return False
+
+
+def reader_ident() -> int | None:
+    """The identity of the signal thread, or None (not started, or a forked child)."""
+    reader = _reader
+    return reader.ident if reader is not None else None
+
+
+def _close(*fds: int) -> None:
+    for fd in fds:
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _read_loop(fd: int) -> None:
+    try:
+        while True:
+            try:
+                ready, _, _ = select.select([fd], [], [], IDLE_CHECK)
+                if not ready:
+                    for check in list(_idle_checks.values()):
+                        _call(check)
+                    continue
+                data = os.read(fd, 64)
+            except InterruptedError:
+                continue
+            except (OSError, ValueError):
+                return
+            if not data:  # forget() closed the write end
+                return
+            for number in data:
+                # The wakeup fd receives every signal that has a Python handler, ours or not.
+                listener = _listeners.get(number)
+                if listener is not None:
+                    _call(listener, number)
+    finally:
+        _close(fd)
+
+
+def _call(function: Callable[..., None], *args: int) -> None:
+    try:
+        function(*args)
+    except Exception as error:  # the signal thread must outlive any listener's failure
+        announce.warn_once(f"signalpipe:{getattr(function, '__qualname__', '?')}",
+                           f"a signal listener failed: {describe(error)}")
+
+
+def _after_fork_in_child() -> None:
+    # The reader thread does not exist in a forked child, and the pipe is the parent's: a
+    # signal to the child must not wake the parent. The child's main thread handles it.
+    global _reader, _read_fd, _write_fd
+    if _write_fd < 0:
+        return
+    try:
+        current = signal.set_wakeup_fd(-1)
+        if current != _write_fd:
+            signal.set_wakeup_fd(current)  # someone else's: leave it
+    except (OSError, ValueError):
+        pass
+    _close(_read_fd, _write_fd)
+    _read_fd = _write_fd = -1
+    _reader = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
