@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     # The same bounded exit as the other sinks: a server that never answers.
     with tracking_server("--hang") as uri:
         outcome = run_loop("amldbg", uri, sizes.hang_steps, AMLDBG_LOG_GRACE_PERIOD="3")
-    warned = "not delivered within the 3 s grace period" in outcome.output
+    warned = "not sent within the 3 s grace period" in outcome.output
     print(f"  server that never answers, grace period 3 s: step median {median_ms(outcome.steps)}, "
           f"exit after last metric {outcome.exit_after_last:5.2f} s, delivered "
           f"{outcome.delivered}/{sizes.hang_steps * METRICS_PER_STEP}, loss reported: {warned}")

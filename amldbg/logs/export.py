@@ -26,9 +26,20 @@ Here:
   be sent within half the exit grace period at the rate sends were measured to reach. The
   export work is then done after the burst, when the script no longer competes for the GIL;
   a flush and the exit never wait for a burst to end.
+* A destination that answers with ``Retry-After`` (seconds or an HTTP date) is not asked
+  again before that time, during the exit grace period too (then at most until its end);
+  a partial success (Application Insights' 206) re-sends only the items the service asks
+  for again and counts the rejected ones (see :meth:`Sink.send`).
+* What did not arrive is reported once, at exit, in one line per destination, split by
+  reason: dropped when the queue was full, rejected by the destination (with its
+  reasons), not sent within the grace period (with the last error).
 * ``fork`` waits at most :data:`FORK_WAIT` seconds, and only while a sink is being built
   (imports in progress), never for a request. The child starts from empty queues and
-  builds its own sinks on first use; the parent's pending records stay the parent's.
+  builds its own sinks on first use; the parent's pending records stay the parent's. The
+  child flushes at its exit like the parent, including the ``os._exit`` that
+  multiprocessing's fork workers end with (through multiprocessing's own finalizers).
+* SIGTERM (a cancelled or pre-empted job, torchrun ending the surviving ranks, an
+  eviction): see :func:`arm_sigterm`.
 """
 
 from __future__ import annotations
@@ -54,6 +65,11 @@ MAX_BACKOFF = 30.0
 EXIT_BACKOFF = 0.2
 #: Margin for an export thread to notice the exit deadline once its last request returns.
 JOIN_MARGIN = 0.25
+#: Longest wait a ``Retry-After`` can impose on a channel while the script runs, in seconds
+#: (a larger value is taken as this; at exit the grace period bounds it anyway).
+MAX_RETRY_AFTER = 300.0
+#: Distinct rejection reasons kept per channel; further ones are counted together.
+MAX_REASONS = 8
 
 #: Records per second from which arrivals count as a burst whose export waits (a training
 #: loop that logs every step stays far below it; logging then costs a large share of the
@@ -173,7 +189,13 @@ class Channel:
         self.retry_at = 0.0
         self.backoff = 0.0
         self.dropped_full = 0
+        #: Items that could not be sent at all (no sink could be made).
         self.lost = 0
+        #: Items the destination refused, by its reason.
+        self.rejected: dict[str, int] = {}
+        #: Not before this time (monotonic) may the next request go: the destination's
+        #: ``Retry-After``.
+        self.not_before = 0.0
         self.wakeup = threading.Event()
         self.thread: threading.Thread | None = None
         self.defer_bursts = defer_bursts
@@ -207,6 +229,42 @@ class Channel:
     def backlog(self) -> int:
         """How many items have not been sent yet."""
         return len(self.items) + (len(self.pending) if self.pending else 0)
+
+    def count_rejected(self, reason: str, count: int) -> None:
+        """Count ``count`` items the destination refused for ``reason``."""
+        if count <= 0:
+            return
+        if reason not in self.rejected and len(self.rejected) >= MAX_REASONS:
+            reason = "other reasons"
+        self.rejected[reason] = self.rejected.get(reason, 0) + count
+
+    def throttled_past(self, deadline: float) -> bool:
+        """True when the destination asked not to be sent to again before ``deadline``."""
+        return not self.idle() and self.not_before >= deadline
+
+    def losses(self, grace_period: float) -> str:
+        """What did not arrive, split by reason, as one line's text ("" when nothing)."""
+        parts = []
+        late = self.backlog()
+        # Items lost because no sink could be made are left out: that was said when it
+        # happened ("... is off").
+        total = self.dropped_full + late + sum(self.rejected.values())
+        if not total:
+            return ""
+        if late:
+            detail = ""
+            if self.not_before > time.monotonic():
+                detail = " (the destination asked to wait: Retry-After)"
+            elif self.sink is not None and self.sink.last_error:
+                detail = f" (last error: {self.sink.last_error})"
+            parts.append(f"{late} not sent within the {grace_period:g} s grace period{detail}")
+        if self.rejected:
+            reasons = "; ".join(f"{count} {reason}" for reason, count in self.rejected.items())
+            parts.append(f"{sum(self.rejected.values())} rejected by the destination ({reasons})")
+        if self.dropped_full:
+            parts.append(f"{self.dropped_full} oldest dropped because the queue was full "
+                         f"(queue size {self.maxlen})")
+        return f"{self.name}: {total} record(s) were not delivered: " + ", ".join(parts)
 
 
 class Exporter:
@@ -247,15 +305,25 @@ class Exporter:
         """
         with self._lock:
             found = self.channels.get(key)
-            if found is None:
-                found = Channel(self, name, factory, maxlen, batch_size, interval, request_timeout,
-                                defer_bursts)
-                self.channels[key] = found
-                if self._stop_deadline is None:
-                    found.thread = threading.Thread(target=self._run, args=(found,),
-                                                    name="amldbg-export", daemon=True)
-                    found.thread.start()
-            return found
+            if found is not None:
+                return found
+            found = Channel(self, name, factory, maxlen, batch_size, interval, request_timeout,
+                            defer_bursts)
+            self.channels[key] = found
+            # The exporters import concurrent.futures on the export thread; imported there
+            # during a fork (which waits for imports, see _before_fork), its fork hooks
+            # would run "after" without "before" and print a traceback in the parent.
+            import concurrent.futures.thread  # noqa: F401
+            if self._stop_deadline is None:
+                found.thread = threading.Thread(target=self._run, args=(found,),
+                                                name="amldbg-export", daemon=True)
+                found.thread.start()
+        if self is _exporter:
+            # Records are queued now: a SIGTERM must not lose them (see .termination).
+            from amldbg.logs import termination
+
+            termination.arm()
+        return found
 
     @property
     def thread_ident(self) -> int | None:
@@ -294,8 +362,8 @@ class Exporter:
         deadline = time.monotonic() + max(0.0, timeout)
         for ch in list(self.channels.values()):
             # A flush is a reason to try a failing destination again now (once: the
-            # back-off applies again after that attempt).
-            ch.retry_at = min(ch.retry_at, time.monotonic())
+            # back-off applies again after that attempt), unless it asked to wait.
+            ch.retry_at = max(min(ch.retry_at, time.monotonic()), ch.not_before)
         with self._lock:
             self._flushing += 1
         try:
@@ -308,6 +376,8 @@ class Exporter:
                     left = deadline - time.monotonic()
                     if left <= 0 or not self._alive():
                         return False
+                    if all(ch.idle() or ch.throttled_past(deadline) for ch in channels):
+                        return False  # what is left may not be sent before the deadline
                     self.wake()
                     self._progress.wait(min(left, 0.05))
         finally:
@@ -338,18 +408,9 @@ class Exporter:
             return
         self._reported = True
         for ch in list(self.channels.values()):
-            if ch.dropped_full:
-                announce.warn(
-                    f"{ch.name}: the queue was full; {ch.dropped_full} oldest record(s) were "
-                    f"dropped (queue size {ch.maxlen})"
-                )
-            undelivered = ch.backlog() + ch.lost
-            if undelivered and not ch.broken:
-                detail = f" (last error: {ch.sink.last_error})" if ch.sink and ch.sink.last_error else ""
-                announce.warn(
-                    f"{ch.name}: {undelivered} record(s) were not delivered within the "
-                    f"{self.grace_period:g} s grace period{detail}"
-                )
+            line = ch.losses(self.grace_period)
+            if line:
+                announce.warn(line)
 
     # -- the export threads ----------------------------------------------------------
     def _run(self, ch: Channel) -> None:
@@ -359,7 +420,7 @@ class Exporter:
             while True:
                 deadline = self._stop_deadline
                 if deadline is not None:
-                    ch.retry_at = min(ch.retry_at, time.monotonic() + EXIT_BACKOFF)
+                    ch.retry_at = max(min(ch.retry_at, time.monotonic() + EXIT_BACKOFF), ch.not_before)
                 elif self._in_burst(ch):
                     ch.wakeup.wait(BURST_POLL)
                     ch.wakeup.clear()
@@ -373,7 +434,7 @@ class Exporter:
                     self._progress.notify_all()
                 now = time.monotonic()
                 if deadline is not None:
-                    if now >= deadline or ch.idle():
+                    if now >= deadline or ch.idle() or ch.throttled_past(deadline):
                         break
                     if not did:
                         ch.wakeup.wait(min(0.05, max(0.0, deadline - now)))
@@ -475,7 +536,8 @@ class Exporter:
         now = time.monotonic()
         if now < ch.retry_at:
             return False
-        if ch.sink is None:
+        sink = ch.sink
+        if sink is None:
             # No sink can be made: drop what comes, silently after the one warning.
             ch.lost += len(ch.pending) + len(ch.items)
             ch.items.clear()
@@ -486,11 +548,24 @@ class Exporter:
             timeout = max(0.1, min(timeout, deadline - now))
         count = len(ch.pending)
         started = time.monotonic()
+        sink.retry_after = None
         try:
-            result = ch.sink.send(ch.pending, timeout)
+            result = sink.send(ch.pending, timeout)
         except Exception as error:
-            ch.sink.last_error = f"{type(error).__name__}: {error}"
+            sink.last_error = f"{type(error).__name__}: {error}"
             result = DROP
+        refused = 0
+        for reason, number in sink.take_rejections().items():
+            ch.count_rejected(reason, number)
+            refused += number
+        if refused:
+            self.warn_once(
+                "reject:" + ch.name,
+                f"{ch.name}: the destination rejected {refused} record(s) of a batch "
+                f"({', '.join(ch.rejected)}); the others are sent",
+            )
+        if result == RETRY and not ch.pending:
+            result = OK  # a partial success whose every item arrived or was rejected
         if result == OK:
             took = time.monotonic() - started
             # Only batches of some size tell the rate: a lone record is all request overhead.
@@ -501,20 +576,28 @@ class Exporter:
             ch.backoff = 0.0
             ch.retry_at = 0.0
         elif result == RETRY:
+            now = time.monotonic()
             ch.backoff = min(max(0.5, ch.backoff * 2), MAX_BACKOFF)
-            ch.retry_at = time.monotonic() + (EXIT_BACKOFF if deadline is not None else ch.backoff)
-            self.warn_once(
-                "retry:" + ch.name,
-                f"{ch.name}: sending failed ({ch.sink.last_error or 'unavailable'}); "
-                "retrying in the background, the script carries on",
-            )
+            ch.retry_at = now + (EXIT_BACKOFF if deadline is not None else ch.backoff)
+            asked = sink.retry_after
+            if asked is not None and asked > 0:
+                # The destination's pace, whatever the back-off would have been.
+                ch.not_before = now + min(asked, MAX_RETRY_AFTER)
+                ch.retry_at = max(ch.retry_at, ch.not_before)
+            if not refused:
+                self.warn_once(
+                    "retry:" + ch.name,
+                    f"{ch.name}: sending failed ({sink.last_error or 'unavailable'}); "
+                    "retrying in the background, the script carries on",
+                )
         else:
-            ch.lost += count
+            left = len(ch.pending)
+            ch.count_rejected(sink.last_error or "not retryable", left)
             ch.pending = None
             self.warn_once(
                 "drop:" + ch.name,
-                f"{ch.name}: a batch of {count} record(s) was rejected and dropped "
-                f"({ch.sink.last_error or 'not retryable'})",
+                f"{ch.name}: a batch of {left} record(s) was rejected and dropped "
+                f"({sink.last_error or 'not retryable'})",
             )
         return True
 
@@ -564,7 +647,28 @@ def get_exporter() -> Exporter:
                 # logging.shutdown (atexit is last-in, first-out).
                 atexit.register(_at_exit)
                 _atexit_registered = True
+            if _generation:
+                _flush_at_worker_exit()
         return _exporter
+
+
+#: Where amldbg's flush runs among multiprocessing's exit finalizers: before the others
+#: (higher runs first), so records are sent while the worker is still whole.
+WORKER_EXIT_PRIORITY = 100
+
+
+def _flush_at_worker_exit() -> None:
+    """In a forked child: flush at its exit even when it ends with ``os._exit``.
+
+    multiprocessing's fork workers (``Pool``, ``Process``, DataLoader workers) end with
+    ``os._exit``, which skips ``atexit``; their own exit finalizers still run just before it
+    (``multiprocessing.util._exit_function``), so amldbg's flush is one of them.
+    """
+    util = sys.modules.get("multiprocessing.util")
+    finalize = getattr(util, "Finalize", None)
+    if finalize is not None:
+        with contextlib.suppress(Exception):
+            finalize(None, _at_exit, exitpriority=WORKER_EXIT_PRIORITY)
 
 
 def current_generation() -> int:

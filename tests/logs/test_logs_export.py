@@ -58,7 +58,8 @@ def test_a_full_queue_drops_the_oldest_and_reports_the_count_once(capsys: pytest
     exporter.shutdown(1)
     exporter.shutdown(1)
     out = capsys.readouterr().out
-    assert out.count("Test sink: the queue was full; 15 oldest record(s) were dropped (queue size 10)") == 1
+    assert out.count("Test sink: 15 record(s) were not delivered: 15 oldest dropped because the queue was "
+                     "full (queue size 10)") == 1
 
 
 def test_retryable_failures_keep_the_batch(capsys: pytest.CaptureFixture[str]) -> None:
@@ -87,7 +88,7 @@ def test_shutdown_is_bounded_by_the_grace_period_and_reports_losses(capsys: pyte
     took = time.monotonic() - start
     sink.open.set()
     assert took < 0.5 + 1.0, took
-    assert "Test sink: 7 record(s) were not delivered within the 0.5 s grace period" in capsys.readouterr().out
+    assert "Test sink: 7 record(s) were not delivered: 7 not sent within the 0.5 s grace period" in capsys.readouterr().out
 
 
 def test_a_sink_that_cannot_be_built_is_one_warning(capsys: pytest.CaptureFixture[str]) -> None:

@@ -123,7 +123,7 @@ print("SCRIPT END", flush=True)
                          AMLDBG_LOG_GRACE_PERIOD="1") as child:
             assert child.wait(30) == 0, child.output  # grace period 1 s, not MLflow's minutes
     assert "SCRIPT END" in child.output
-    assert "MLflow metrics: 1 record(s) were not delivered within the 1 s grace period" in child.output
+    assert "MLflow metrics: 1 record(s) were not delivered: 1 not sent within the 1 s grace period" in child.output
 
 
 def test_a_hanging_tracking_server_does_not_hold_up_application_insights(tmp_path: Path) -> None:
