@@ -76,6 +76,110 @@ def test_retryable_failures_keep_the_batch(capsys: pytest.CaptureFixture[str]) -
     exporter.shutdown(1)
 
 
+class PacedSink(_queue.Sink):
+    """Answers like a throttling destination: ``Retry-After`` seconds, then success."""
+
+    def __init__(self, throttled: int, retry_after: float) -> None:
+        self.throttled = throttled
+        self.asked = retry_after
+        self.sent_at: list[float] = []
+
+    def send(self, batch: list[Any], timeout: float) -> str:
+        self.sent_at.append(time.monotonic())
+        if len(self.sent_at) <= self.throttled:
+            self.last_error = "HTTP 429"
+            self.retry_after = self.asked
+            return _queue.RETRY
+        return _queue.OK
+
+
+def test_retry_after_paces_the_retries_of_a_channel() -> None:
+    exporter = _queue.Exporter(generation=-1)
+    sink = PacedSink(throttled=2, retry_after=0.6)
+    channel = exporter.channel("t", "Test sink", lambda: sink, maxlen=100, batch_size=10, interval=0.05)
+    channel.put("one")
+    assert exporter.flush(10)
+    gaps = [later - earlier for earlier, later in zip(sink.sent_at, sink.sent_at[1:])]
+    # Without Retry-After the back-off is 0.5 s, and a flush retries at once.
+    assert len(gaps) == 2 and min(gaps) >= 0.55, gaps
+    exporter.shutdown(1)
+
+
+def test_retry_after_beyond_the_grace_period_ends_the_exit_early(capsys: pytest.CaptureFixture[str]) -> None:
+    exporter = _queue.Exporter(generation=-1)
+    exporter.grace_period = 2.0
+    sink = PacedSink(throttled=100, retry_after=30.0)
+    channel = exporter.channel("t", "Test sink", lambda: sink, maxlen=100, batch_size=10, interval=0.05)
+    for i in range(4):
+        channel.put(i)
+    deadline = time.monotonic() + 5
+    while not sink.sent_at and time.monotonic() < deadline:
+        time.sleep(0.01)
+    exporter.shutdown()
+    assert len(sink.sent_at) == 1, "no request before the time the destination asked for"
+    out = capsys.readouterr().out
+    assert ("Test sink: 4 record(s) were not delivered: 4 not sent within the 2 s grace period "
+            "(the destination asked to wait: Retry-After)") in out
+
+
+class PartialSink(_queue.Sink):
+    """Accepts part of each batch, rejects ``rejected`` items and asks for ``again`` again."""
+
+    def __init__(self, rejected: int, again: int) -> None:
+        self.rejected_per_batch = rejected
+        self.again = again
+        self.batches: list[list[Any]] = []
+        self.arrived: list[Any] = []
+
+    def send(self, batch: list[Any], timeout: float) -> str:
+        self.batches.append(list(batch))
+        if len(self.batches) > 1:  # the retry: everything arrives
+            self.arrived.extend(batch)
+            return _queue.OK
+        refused, retry = batch[:self.rejected_per_batch], batch[-self.again:]
+        self.arrived.extend(batch[self.rejected_per_batch:-self.again])
+        self.reject(len(refused), "HTTP 400: Field 'time' on type 'Envelope' is required")
+        batch[:] = retry
+        return _queue.RETRY
+
+
+def test_a_partial_success_resends_only_what_the_destination_asks_for(capsys: pytest.CaptureFixture[str]) -> None:
+    exporter = _queue.Exporter(generation=-1)
+    sink = PartialSink(rejected=3, again=2)
+    channel = exporter.channel("t", "Test sink", lambda: sink, maxlen=100, batch_size=10, interval=0.05)
+    for i in range(10):
+        channel.put(i)
+    assert exporter.flush(10)
+    assert sink.batches == [list(range(10)), [8, 9]]
+    assert sorted(sink.arrived) == list(range(3, 10))
+    exporter.shutdown(1)
+    out = capsys.readouterr().out
+    assert out.count("Test sink: 3 record(s) were not delivered: 3 rejected by the destination "
+                     "(3 HTTP 400: Field 'time' on type 'Envelope' is required)") == 1, out
+
+
+def test_the_loss_line_adds_up_every_reason(capsys: pytest.CaptureFixture[str]) -> None:
+    exporter = _queue.Exporter(generation=-1)
+    exporter.grace_period = 0.3
+    sink = GateSink(results=[_queue.DROP])
+    channel = exporter.channel("t", "Test sink", lambda: sink, maxlen=5, batch_size=2, interval=0.05)
+    channel.put("refused-1")
+    channel.put("refused-2")
+    sink.open.set()
+    deadline = time.monotonic() + 5
+    while not sink.batches and time.monotonic() < deadline:
+        time.sleep(0.01)
+    sink.open.clear()  # a hanging destination from now on
+    for i in range(9):
+        channel.put(i)  # 5 fit, 4 oldest dropped; 2 of them wait in the sink, 3 in the queue
+    exporter.shutdown()
+    sink.open.set()
+    out = capsys.readouterr().out
+    assert ("Test sink: 11 record(s) were not delivered: 5 not sent within the 0.3 s grace period "
+            "(last error: HTTP 503), 2 rejected by the destination (2 HTTP 503), 4 oldest dropped "
+            "because the queue was full (queue size 5)") in out, out
+
+
 def test_shutdown_is_bounded_by_the_grace_period_and_reports_losses(capsys: pytest.CaptureFixture[str]) -> None:
     exporter = _queue.Exporter(generation=-1)
     exporter.grace_period = 0.5
