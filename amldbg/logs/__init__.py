@@ -9,7 +9,8 @@
 
 One module per destination: :mod:`.driver_log` (stdout), :mod:`.appinsights` with
 :mod:`.opencensus_sink` and :mod:`.otel_sink`, :mod:`.run_metrics` (azureml-core),
-:mod:`.mlflow_metrics`, fed through the background export queue :mod:`.export`; the
+:mod:`.mlflow_metrics`, fed through the background export queue :mod:`.export` (whose
+SIGTERM flush is :mod:`.termination`); the
 sinks share :mod:`.envelopes`, and settings live in :mod:`.settings` and
 :mod:`.connection`. This package imports only :mod:`amldbg.core`, never the debugger. Importing this
 package imports no exporter, azureml or mlflow; they are imported on the export thread
@@ -26,6 +27,7 @@ from amldbg.core import announce
 from amldbg.core.guard import guard
 from amldbg.logs import connection as connections
 from amldbg.logs import driver_log, export
+from amldbg.logs import termination as _termination  # noqa: F401 - flushes on SIGTERM
 from amldbg.logs import settings as log_settings
 from amldbg.logs.metrics import log_metric, log_metrics
 from amldbg.logs.settings import LogSettings

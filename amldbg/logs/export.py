@@ -319,10 +319,10 @@ class Exporter:
                                                 name="amldbg-export", daemon=True)
                 found.thread.start()
         if self is _exporter:
-            # Records are queued now: a SIGTERM must not lose them (see .termination).
-            from amldbg.logs import termination
-
-            termination.arm()
+            # Records are queued now: a SIGTERM must not lose them (.termination registers).
+            for hook in list(_channel_hooks):
+                with contextlib.suppress(Exception):
+                    hook()
         return found
 
     @property
@@ -625,6 +625,16 @@ def _late_imports_allowed(needed: bool) -> Iterator[None]:
     finally:
         for owner, flag in saved:
             setattr(owner, flag, True)
+
+
+#: Called (in the thread that made it) each time this process's exporter makes a channel.
+_channel_hooks: list[Callable[[], Any]] = []
+
+
+def when_channel_made(hook: Callable[[], Any]) -> None:
+    """Call ``hook()`` each time this process's exporter makes a channel (records will queue)."""
+    if hook not in _channel_hooks:
+        _channel_hooks.append(hook)
 
 
 _generation = 0

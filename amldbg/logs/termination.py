@@ -175,5 +175,7 @@ def _after_fork_in_child() -> None:
     _done = threading.Event()
 
 
+export.when_channel_made(arm)
+
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
