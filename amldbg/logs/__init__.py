@@ -27,8 +27,8 @@ from amldbg.core import announce
 from amldbg.core.guard import guard
 from amldbg.logs import connection as connections
 from amldbg.logs import driver_log, export
-from amldbg.logs import termination as _termination  # noqa: F401 - flushes on SIGTERM
 from amldbg.logs import settings as log_settings
+from amldbg.logs import termination as _termination  # noqa: F401 - flushes on SIGTERM
 from amldbg.logs.metrics import log_metric, log_metrics
 from amldbg.logs.settings import LogSettings
 

@@ -15,8 +15,9 @@ with exponential back-off and waits ``MLFLOW_HTTP_REQUEST_TIMEOUT`` (120 s) for 
 minutes in all. So against a REST tracking store (``http(s)://``, ``azureml://``,
 ``databricks``) the requests of MLflow's REST API are made with MLflow's own
 ``http_request`` (the store's credentials, headers and TLS settings), no retries of its
-own and the time given as timeout; amldbg's queue retries with its back-off. Local stores
-(files, databases) go through ``MlflowClient``.
+own and the time given as timeout; amldbg's queue retries with its back-off, and not before
+the time a throttling answer's ``Retry-After`` asks for. Local stores (files, databases) go
+through ``MlflowClient``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import time
 from typing import Any, Callable
 
 from amldbg.core import safetext
-from amldbg.logs import export
+from amldbg.logs import export, ingestion
 
 #: MLflow's limit of metrics per ``log_batch`` request.
 BATCH_LIMIT = 1000
@@ -66,11 +67,13 @@ def _describe(error: BaseException, timeout: float) -> str:
 
 
 class RequestFailed(Exception):
-    """A REST request failed; ``retry`` says whether sending again may succeed."""
+    """A REST request failed; ``retry`` says whether sending again may succeed, and
+    ``retry_after`` how many seconds the server asked to wait first (None: not asked)."""
 
-    def __init__(self, message: str, retry: bool) -> None:
+    def __init__(self, message: str, retry: bool, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry = retry
+        self.retry_after = retry_after
 
 
 class RestTracking:
@@ -114,7 +117,11 @@ class RestTracking:
             raise RequestFailed(_describe(error, timeout), retry=True) from None
         status = int(response.status_code)
         if status != 200:
-            raise RequestFailed(f"HTTP {status}: {safetext.safe(response.text, 200)}", retry=status in RETRY_STATUS)
+            retry = status in RETRY_STATUS
+            header = getattr(getattr(response, "headers", None), "get", None)
+            asked = ingestion.retry_after_seconds(header("Retry-After")) if retry and callable(header) else None
+            raise RequestFailed(f"HTTP {status}: {safetext.safe(response.text, 200)}", retry=retry,
+                                retry_after=asked)
         try:
             return json.loads(response.text) if response.text.strip() else {}
         except ValueError:
@@ -214,7 +221,10 @@ class MlflowSink(export.Sink):
             self.last_error = str(error)
             if sent:
                 batch[:] = [item for index, item in enumerate(batch) if index not in sent]
-            return export.RETRY if error.retry else export.DROP
+            if not error.retry:
+                return export.DROP
+            self.retry_after = error.retry_after
+            return export.RETRY
         except self._exception as error:
             self.last_error = f"{type(error).__name__}: {safetext.safe(str(error), 200)}"
             status = error.get_http_status_code()

@@ -12,6 +12,14 @@ thread, never attached to a logger. Its own traps are worked around here:
   return "retry" as intended. Statsbeat itself is not started (that happens only in the
   constructor, with statsbeat disabled) and its request counters stay in memory;
 * every request's timeout is the time left when the export thread is at the exit deadline;
+* the sink reads the HTTP answer of its own requests (:class:`_ResponseSpy`): ``_transmit``
+  says only "success", "retry" or "drop", and says "drop" for a partial success (206)
+  whose retryable items it would keep in its local storage, which is off here. With the
+  answer, a 206 re-sends only the items the service asks for again and counts the
+  rejected ones (:func:`~amldbg.logs.ingestion.settle_partial`), a ``Retry-After`` paces
+  the channel, and ``last_error`` is the status and the service's message instead of the
+  handler's log line (its "Data drop" line carries the envelope, user data; the transport
+  filter of :func:`~amldbg.logs.envelopes.quiet_exporters` keeps it from every handler);
 * message envelopes are built directly as plain dicts (:meth:`OpenCensusSink._build`), about
   four times cheaper on the export thread than the handler's ``LogRecord`` → formatter →
   protocol objects, and checked against the handler's own envelope on every batch; the
@@ -28,15 +36,71 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from typing import Any
 
-from amldbg.logs import context, envelopes, export
+from amldbg.logs import context, envelopes, export, ingestion
 from amldbg.logs.connection import ConnectionString
 
 #: Where a queued record keeps its ``exc_info`` (see :class:`~amldbg.logs.envelopes.Snapshot`).
 _EXC_INFO = envelopes.Snapshot._fields.index("exc_info")
 #: Most call sites whose properties are kept ready (see :meth:`OpenCensusSink._properties`).
 _TEMPLATES = 1024
+
+
+class _ResponseSpy:
+    """Stands in for the ``requests`` module in OpenCensus' transport module and remembers,
+    on amldbg's export threads only, the last response of ``requests.post``.
+
+    Why a stand-in for a module: ``_transmit`` posts with the module-global ``requests.post``
+    of ``opencensus.ext.azure.common.transport`` and returns only a status code, the answer
+    itself is lost. OpenCensus was retired (its last release is 1.1.15), so no hook will
+    come, and there is no other seam: no session or transport can be given to the handler. Every other attribute (``requests.Timeout``,
+    ``requests.RequestException``, which ``_transmit`` catches) is the real module's, and
+    other threads' requests (a statsbeat exporter of the user's) are passed through unseen.
+    """
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+        self._seen = threading.local()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def post(self, *args: Any, **kwargs: Any) -> Any:
+        """``requests.post``, remembering the response on an export thread."""
+        response = self._real.post(*args, **kwargs)
+        if export.is_export_thread(threading.get_ident()):
+            self._seen.response = response
+        return response
+
+    def forget(self) -> None:
+        """Forget this thread's last response (before a request of the sink's own)."""
+        self._seen.response = None
+
+    def take(self) -> Any:
+        """This thread's last response since :meth:`forget`, or None (no answer came)."""
+        response = getattr(self._seen, "response", None)
+        self._seen.response = None
+        return response
+
+
+def _install_spy(transport: Any) -> None:
+    """Put a :class:`_ResponseSpy` in OpenCensus' ``transport`` module, once per process.
+
+    Without a ``requests`` there to stand in for (a release that posts otherwise) nothing
+    is changed and the sink reads no answers (the handler's status codes only). No lock:
+    two sinks built at once may both install one, and either serves (see :func:`_spy_of`).
+    """
+    current = getattr(transport, "requests", None)
+    if current is not None and not isinstance(current, _ResponseSpy) and callable(getattr(current, "post", None)):
+        transport.requests = _ResponseSpy(current)
+
+
+def _spy_of(transport: Any) -> _ResponseSpy | None:
+    """The spy the transport module posts through now (looked up per request, not kept)."""
+    current = getattr(transport, "requests", None)
+    return current if isinstance(current, _ResponseSpy) else None
 
 
 def _as_json(envelope: Any) -> Any:
@@ -49,11 +113,11 @@ class OpenCensusSink(export.Sink):
 
     def __init__(self, connection: ConnectionString) -> None:
         envelopes.quiet_exporters()
-        from opencensus.ext.azure.common.transport import TransportStatusCode
+        from opencensus.ext.azure.common import transport
         from opencensus.ext.azure.log_exporter import AzureLogHandler
 
         self.connection = connection
-        self._codes = TransportStatusCode
+        self._codes = transport.TransportStatusCode
         self.handler = AzureLogHandler(
             connection_string=connection.value,
             enable_local_storage=False,
@@ -70,6 +134,8 @@ class OpenCensusSink(export.Sink):
                 "use AMLDBG_APPINSIGHTS_BACKEND=otel"
             )
         self._transmit: Any = transmit
+        _install_spy(transport)
+        self._transport_module: Any = transport
         if hasattr(self.handler, "_check_stats_collection"):
             self.handler._check_stats_collection = lambda: True  # type: ignore[method-assign,unused-ignore]
         self.handler.setFormatter(logging.Formatter("%(message)s"))
@@ -172,18 +238,58 @@ class OpenCensusSink(export.Sink):
         return list(handler.apply_telemetry_processors(built))
 
     def send(self, batch: list[Any], timeout: float) -> str:
-        """Build the envelopes with the handler and post them; map its status to ours."""
+        """Build the envelopes with the handler and post them; map the answer to ours.
+
+        A partial success (206) leaves in ``batch`` the items the service asks for again
+        and rejects the others (see :meth:`export.Sink.send`); a ``Retry-After`` of a
+        failed answer is kept in :attr:`retry_after`.
+        """
         handler = self.handler
         built = self._cache.get(batch, self._build)
         handler.options.timeout = timeout
+        spy = _spy_of(self._transport_module)
+        if spy is not None:
+            spy.forget()
         status = self._transmit(built)
+        response = spy.take() if spy is not None else None
         if status == self._codes.SUCCESS:
             return export.OK
-        self.last_error = envelopes.last_transport_message(self.connection.instrumentation_key)
+        secret = self.connection.instrumentation_key
+        if response is None:  # no answer (refused, timed out): the handler's words
+            self.last_error = envelopes.last_transport_message(secret)
+            return export.RETRY if status == self._codes.RETRY else export.DROP
+        code, text, retry_after = _read(response)
+        answer = ingestion.parse_track_answer(code, text, secret)
+        self.last_error = answer.summary()
+        if code == 206:
+            # One envelope per item (the handler has no telemetry processors here), so the
+            # answer's indexes are the batch's; `sent` lets the parser check that.
+            again = ingestion.settle_partial(batch, answer, self.reject, sent=len(built))
+            # The batch changed in place: the cached envelopes are not its own any more.
+            self._cache = envelopes.CachedEnvelopes()
+            status = self._codes.RETRY if again else self._codes.SUCCESS
+        if status == self._codes.SUCCESS:
+            return export.OK
         if status == self._codes.RETRY:
+            self.retry_after = ingestion.retry_after_seconds(retry_after)
             return export.RETRY
         return export.DROP
 
     def close(self, timeout: float) -> None:
         """Close the handler (its worker is already stopped, so this returns at once)."""
         self.handler.close(timeout=min(timeout, 0.5))
+
+
+def _read(response: Any) -> tuple[int, str, Any]:
+    """Status, body and ``Retry-After`` header of a ``requests`` response, whatever it holds."""
+    try:
+        code = int(response.status_code)
+    except Exception:
+        code = 0
+    try:
+        text = response.text
+    except Exception:
+        text = ""
+    header = getattr(getattr(response, "headers", None), "get", None)
+    retry_after = header("Retry-After") if callable(header) else None
+    return code, text if isinstance(text, str) else "", retry_after

@@ -15,6 +15,11 @@ Differences from the OpenCensus backend that are evened out here:
   property): the merged dimensions become the record's attributes one by one;
 * exceptions become ``exception.type`` / ``exception.message`` / ``exception.stacktrace``
   attributes, which the exporter turns into exception telemetry;
+* a partial success (206) is a failure to ``export`` (it would keep the retryable items in
+  its offline storage, which is off): the transport reads the answer, and the sink
+  re-sends only the items the service asks for again and counts the rejected ones
+  (:func:`~amldbg.logs.ingestion.settle_partial`, as the OpenCensus sink does);
+  ``Retry-After`` paces the channel;
 * azure-core's own retry policy is off (``retry_total=0``; amldbg retries with back-off),
   offline storage is off, the client-side rate limit is off, no AAD credential is looked
   up (it could call the metadata endpoint), and every request's timeouts are the time
@@ -27,7 +32,6 @@ and after SDK 1.39) are handled.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -36,7 +40,7 @@ import traceback
 from typing import Any, Callable
 
 from amldbg.core import announce
-from amldbg.logs import envelopes, export
+from amldbg.logs import envelopes, export, ingestion
 from amldbg.logs.connection import ConnectionString
 
 #: HTTP statuses the exporter itself retries (throttling, server errors, and 401/403, which
@@ -58,13 +62,17 @@ def _severity(levelno: int) -> int:
 
 
 class Outcome:
-    """What the transport saw of the last request: a status code or an error, and the timeout."""
+    """What the transport saw of the last request: a status code or an error, the answer of
+    a partial success or a refusal, the ``Retry-After`` asked for, and the timeout."""
 
-    def __init__(self) -> None:
+    def __init__(self, secret: str = "") -> None:
+        #: The instrumentation key, masked in what is kept of the answer.
+        self.secret = secret
         self.timeout = 10.0
         self.status: int | None = None
         self.error: BaseException | None = None
-        self.reason = ""
+        self.answer: ingestion.TrackAnswer | None = None
+        self.retry_after: float | None = None
         self.requests = 0
 
     def reset(self, timeout: float) -> None:
@@ -72,19 +80,26 @@ class Outcome:
         self.timeout = timeout
         self.status = None
         self.error = None
-        self.reason = ""
+        self.answer = None
+        self.retry_after = None
         self.requests = 0
 
-
-def _service_reason(response: Any) -> str:
-    """The ingestion service's own words for a refused batch (``errors[].message``), or ``""``."""
-    try:
-        answer = json.loads(response.text() or "{}")
-        errors = answer.get("errors") if isinstance(answer, dict) else None
-        messages = [str(e.get("message")) for e in errors or () if isinstance(e, dict) and e.get("message")]
-        return "; ".join(dict.fromkeys(messages))[:200]
-    except Exception:  # an answer that is not the service's JSON: the status says enough
-        return ""
+    def note(self, response: Any) -> None:
+        """Keep what amldbg needs of an answer (the body only when it is not a plain success)."""
+        status = self.status = int(response.status_code)
+        self.error = None
+        self.answer = None
+        self.retry_after = None
+        if status == 200:
+            return
+        try:
+            text = response.text()
+        except Exception:  # an unreadable body: the status says enough
+            text = ""
+        self.answer = ingestion.parse_track_answer(status, text, self.secret)
+        header = getattr(getattr(response, "headers", None), "get", None)
+        if callable(header):
+            self.retry_after = ingestion.retry_after_seconds(header("Retry-After"))
 
 
 def _transport_class() -> Callable[..., Any]:
@@ -112,9 +127,7 @@ def _transport_class() -> Callable[..., Any]:
             except BaseException as error:
                 outcome.status, outcome.error = None, error
                 raise
-            outcome.status, outcome.error = int(response.status_code), None
-            if outcome.status >= 400:
-                outcome.reason = _service_reason(response)
+            outcome.note(response)
             return response
 
     return _Transport
@@ -134,7 +147,7 @@ class OtelSink(export.Sink):
         self._severity_number = SeverityNumber
         self._scope = InstrumentationScope
         self._cache = envelopes.CachedEnvelopes()
-        self.outcome = Outcome()
+        self.outcome = Outcome(connection.instrumentation_key)
         self._bypass_reported = False
         transport = _transport_class()(self.outcome, connection_timeout=10.0, read_timeout=10.0)
         self.exporter = AzureMonitorLogExporter(
@@ -209,9 +222,18 @@ class OtelSink(export.Sink):
                                    "release does not use amldbg's transport; request timeouts are its own")
             return export.OK
         self.last_error = self._describe(outcome)
-        if outcome.error is not None or outcome.status in RETRYABLE_STATUSES:
-            return export.RETRY
-        return export.DROP
+        if outcome.status == 206 and outcome.answer is not None:
+            # The exporter turns each record into one envelope, in order: the answer's
+            # indexes are the batch's.
+            again = ingestion.settle_partial(batch, outcome.answer, self.reject, sent=len(records))
+            # The batch changed in place: the cached records are not its own any more.
+            self._cache = envelopes.CachedEnvelopes()
+            if not again:
+                return export.OK
+        elif outcome.error is None and outcome.status not in RETRYABLE_STATUSES:
+            return export.DROP
+        self.retry_after = outcome.retry_after
+        return export.RETRY
 
     def _describe(self, outcome: Outcome) -> str:
         """A short, key-free description of a failed export."""
@@ -223,9 +245,10 @@ class OtelSink(export.Sink):
         if outcome.status in (401, 403):
             return (f"HTTP {outcome.status}: the resource may require Microsoft Entra ID (AAD) "
                     "authentication; amldbg sends with the instrumentation key only")
+        if outcome.answer is not None:
+            return outcome.answer.summary()
         if outcome.status is not None:
-            detail = outcome.reason.replace(secret, "****") if outcome.reason else said
-            return f"HTTP {outcome.status}" + (f": {detail}" if detail else "")
+            return f"HTTP {outcome.status}" + (f": {said}" if said else "")
         return said or "the exporter did not send the batch"
 
     def close(self, timeout: float) -> None:

@@ -5,6 +5,12 @@ envelopes (or newline-delimited JSON, possibly gzip-compressed), the answer
 ``{"itemsReceived": n, "itemsAccepted": n, "errors": []}``. It can be told to misbehave:
 
 * ``fail_first=N`` with ``fail_status=503`` (or 429, 500): the first N requests fail;
+  ``retry_after="1"`` (seconds or an HTTP date) is sent as ``Retry-After`` with those answers;
+* ``partial=(k, r, status)``: a partial success (206) like the service's: of the envelopes of
+  a request that were never seen before (by time and message), the first ``k`` get the
+  item status ``status`` (500, 503, 408, 429: to be sent again) and the next ``r`` get 400
+  with ``reject_message`` (refused for good); the others, and every envelope seen before,
+  are accepted (a request with nothing to refuse is answered 200);
 * ``delay=S``: answer every request after S seconds (a slow endpoint);
 * ``hang=True``: never answer (until the server stops);
 
@@ -22,6 +28,7 @@ import json
 import socket
 import time
 import uuid
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
@@ -29,19 +36,31 @@ from loopback_server import LoopbackServer
 
 
 class IngestionServer(LoopbackServer):
-    """The endpoint; use as a context manager. ``envelopes`` holds every accepted envelope."""
+    """The endpoint; use as a context manager. ``envelopes`` holds every accepted envelope
+    (``arrival_times`` when each was accepted); ``request_times`` when each request came,
+    ``statuses`` its answer; with ``partial``, ``asked_again`` and ``rejected`` hold the
+    envelopes answered with the retry status and with 400."""
 
     def __init__(self, fail_first: int = 0, fail_status: int = 503, delay: float = 0.0,
-                 hang: bool = False) -> None:
+                 hang: bool = False, retry_after: str | None = None,
+                 partial: tuple[int, int, int] | None = None,
+                 reject_message: str = "Field 'time' on type 'Envelope' is required.") -> None:
         self.fail_first = fail_first
         self.fail_status = fail_status
         self.delay = delay
         self.hang = hang
+        self.retry_after = retry_after
+        self.partial = partial
+        self.reject_message = reject_message
         self.instrumentation_key = str(uuid.uuid4())
         self.envelopes: list[dict[str, Any]] = []
         self.arrival_times: list[float] = []
+        self.request_times: list[float] = []
         self.statuses: list[int] = []
         self.paths: list[str] = []
+        self.asked_again: list[dict[str, Any]] = []
+        self.rejected: list[dict[str, Any]] = []
+        self._seen: set[tuple[str, str]] = set()
         super().__init__("ingestion")
 
     @property
@@ -65,14 +84,41 @@ class IngestionServer(LoopbackServer):
                 self._lock.wait(min(left, 0.1))
             return list(self.envelopes)
 
-    def _record(self, path: str, status: int, items: list[dict[str, Any]]) -> None:
+    def _record(self, path: str, status: int, items: list[dict[str, Any]], arrived: float) -> None:
+        """Note one request; ``items`` are the envelopes it got accepted."""
         with self._lock:
             self.paths.append(path)
             self.statuses.append(status)
-            if status == 200:
+            self.request_times.append(arrived)
+            if status in (200, 206):
                 self.envelopes.extend(items)
                 self.arrival_times.extend([time.monotonic()] * len(items))
             self._lock.notify_all()
+
+    def _partial_answer(self, items: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The accepted envelopes and the answer's ``errors`` for one request (``partial``)."""
+        assert self.partial is not None
+        again, refused, status = self.partial
+        accepted: list[dict[str, Any]] = []
+        errors: list[dict[str, Any]] = []
+        fresh = 0
+        with self._lock:
+            for index, item in enumerate(items):
+                key = (str(item.get("time")), message(item))
+                if key in self._seen:
+                    accepted.append(item)
+                    continue
+                self._seen.add(key)
+                if fresh < again:
+                    errors.append({"index": index, "statusCode": status, "message": HTTPStatus(status).phrase})
+                    self.asked_again.append(item)
+                elif fresh < again + refused:
+                    errors.append({"index": index, "statusCode": 400, "message": self.reject_message})
+                    self.rejected.append(item)
+                else:
+                    accepted.append(item)
+                fresh += 1
+        return accepted, errors
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -83,11 +129,17 @@ class IngestionServer(LoopbackServer):
             def log_message(self, format: str, *args: Any) -> None:  # quiet
                 pass
 
+            #: Sent as ``Retry-After`` with the next answer (then forgotten).
+            retry_after: str | None = None
+
             def _answer(self, status: int, body: dict[str, Any]) -> None:
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                if self.retry_after is not None:
+                    self.send_header("Retry-After", self.retry_after)
+                    self.retry_after = None
                 self.end_headers()
                 self.wfile.write(data)
 
@@ -97,12 +149,13 @@ class IngestionServer(LoopbackServer):
                 self._answer(200, body)
 
             def do_POST(self) -> None:
+                arrived = time.monotonic()
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
                 if self.headers.get("Content-Encoding", "").lower() == "gzip":
                     raw = gzip.decompress(raw)
                 if not self.path.rstrip("/").endswith("/v2.1/track") and not self.path.endswith("/v2/track"):
-                    server._record(self.path, 404, [])
+                    server._record(self.path, 404, [], arrived)
                     self._answer(404, {"error": "unknown path"})
                     return
                 text = raw.decode("utf-8")
@@ -121,11 +174,19 @@ class IngestionServer(LoopbackServer):
                     if failing:
                         server.fail_first -= 1
                 if failing:
-                    server._record(self.path, server.fail_status, items)
+                    server._record(self.path, server.fail_status, [], arrived)
+                    self.retry_after = server.retry_after
                     self._answer(server.fail_status, {"itemsReceived": len(items), "itemsAccepted": 0,
                                                       "errors": []})
                     return
-                server._record(self.path, 200, items)
+                if server.partial is not None:
+                    accepted, errors = server._partial_answer(items)
+                    if errors:
+                        server._record(self.path, 206, accepted, arrived)
+                        self._answer(206, {"itemsReceived": len(items), "itemsAccepted": len(accepted),
+                                           "errors": errors})
+                        return
+                server._record(self.path, 200, items, arrived)
                 self._answer(200, {"itemsReceived": len(items), "itemsAccepted": len(items), "errors": []})
 
         return Handler

@@ -18,7 +18,8 @@ tracking server does:
 * ``hang=True``: never answer a metric request (``log-batch``, ``log-metric``) until the
   server stops; ``hang_first=N``: only the first N metric requests hang;
 * ``fail_status=500`` with ``fail_first=N`` (N metric requests fail, then they succeed) or
-  ``fail_first=-1`` (they always fail).
+  ``fail_first=-1`` (they always fail); ``retry_after="1"`` (seconds or an HTTP date) is
+  sent as ``Retry-After`` with those answers (``fail_status=429``: a throttling server).
 
 Run it as a program for the benchmarks (``python mlflow_server.py --delay 0.7``): it prints
 ``PORT <n>`` and serves ``GET /stats`` (``{"metrics": n, "requests": n}``).
@@ -42,17 +43,19 @@ METRIC_ENDPOINTS = ("runs/log-batch", "runs/log-metric")
 
 class MlflowServer(LoopbackServer):
     """The tracking server; use as a context manager. ``metrics`` holds every accepted metric
-    as ``(run_id, key, value, step)``."""
+    as ``(run_id, key, value, step)``; ``requests`` every request, ``request_times`` when each came."""
 
     def __init__(self, delay: float = 0.0, hang: bool = False, hang_first: int = 0,
-                 fail_first: int = 0, fail_status: int = 500) -> None:
+                 fail_first: int = 0, fail_status: int = 500, retry_after: str | None = None) -> None:
         self.delay = delay
         self.hang = hang
         self.hang_first = hang_first
         self.fail_first = fail_first
         self.fail_status = fail_status
+        self.retry_after = retry_after
         self.metrics: list[tuple[str, str, float, int]] = []
         self.requests: list[tuple[str, str, int]] = []  # (method, endpoint, status)
+        self.request_times: list[float] = []
         self.runs: dict[str, dict[str, Any]] = {}
         self.experiments: dict[str, str] = {"Default": "0"}
         super().__init__("mlflow-server")
@@ -163,15 +166,22 @@ class MlflowServer(LoopbackServer):
             def log_message(self, format: str, *args: Any) -> None:  # quiet
                 pass
 
+            #: Sent as ``Retry-After`` with the next answer (then forgotten).
+            retry_after: str | None = None
+
             def _answer(self, status: int, body: dict[str, Any]) -> None:
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                if self.retry_after is not None:
+                    self.send_header("Retry-After", self.retry_after)
+                    self.retry_after = None
                 self.end_headers()
                 self.wfile.write(data)
 
             def _serve(self, method: str) -> None:
+                arrived = time.monotonic()
                 parts = urlsplit(self.path)
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
@@ -191,7 +201,7 @@ class MlflowServer(LoopbackServer):
                     if hanging and not server.hang:
                         server.hang_first -= 1
                 if hanging:
-                    server._record(method, endpoint, 0)
+                    server._record(method, endpoint, 0, arrived)
                     server._stopping.wait(600)
                     return
                 if server.delay:
@@ -203,9 +213,10 @@ class MlflowServer(LoopbackServer):
                 if failing:
                     status, answer = server.fail_status, {"error_code": "INTERNAL_ERROR",
                                                           "message": "the test server fails on purpose"}
+                    self.retry_after = server.retry_after
                 else:
                     status, answer = server._handle(method, endpoint, query, body)
-                server._record(method, endpoint, status)
+                server._record(method, endpoint, status, arrived)
                 self._answer(status, answer)
 
             def do_GET(self) -> None:
@@ -219,9 +230,10 @@ class MlflowServer(LoopbackServer):
 
         return Handler
 
-    def _record(self, method: str, endpoint: str, status: int) -> None:
+    def _record(self, method: str, endpoint: str, status: int, arrived: float) -> None:
         with self._lock:
             self.requests.append((method, endpoint, status))
+            self.request_times.append(arrived)
             self._lock.notify_all()
 
 
