@@ -1,8 +1,10 @@
 """Figures for logging: the cost of a logging call with the driver-log and Application Insights
 handlers against a plain stdlib logger and against the guides' own ``AzureLogHandler`` set-up
 measured in the same run (saturated: interleaved rounds, median of per-round ratios), the
-paced cost, the p99 latency with the endpoint down or slow, and how fast a process that
-logged 10,000 records delivers and exits.
+paced cost, the p99 latency with the endpoint down or slow, how fast a process that
+logged 10,000 records delivers and exits, how fast a process killed by SIGTERM in the middle
+of an export ends and how much it delivered (next to SIGTERM's default action), and how many
+records of ``fork`` pool workers arrive (next to the same pool started with ``spawn``).
 
 Run: python benchmarks/bench_logs.py [--quick]   (needs opencensus-ext-azure and
 azure-monitor-opentelemetry-exporter; talks only to 127.0.0.1: the ingestion server is
@@ -15,14 +17,17 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import urllib.request
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator, TextIO
 
 from _common import PY, ROOT, Ratio, child_env, interleaved, parse_quick, ratio
@@ -48,11 +53,16 @@ class Sizes:
     bulk_runs: tuple[tuple[str, str, int], ...] = (
         ("opencensus", "3", 10_000), ("otel", "3", 10_000), ("otel", "6", 10_000),
         ("opencensus", "3", 120_000))
+    #: (backend, records) of a burst that SIGTERM interrupts.
+    sigterm_runs: tuple[tuple[str, int], ...] = (("opencensus", 10_000), ("otel", 10_000))
+    #: (backend, tasks, records per task) of a Pool(2) whose workers log.
+    pool_runs: tuple[tuple[str, int, int], ...] = (("opencensus", 8, 1_000), ("otel", 8, 1_000))
 
 
 FULL = Sizes()
 QUICK = Sizes(calls=500, rounds=1, paced_calls=200, latency_calls=500,
-              bulk_runs=(("opencensus", "3", 1_000),))
+              bulk_runs=(("opencensus", "3", 1_000),), sigterm_runs=(("opencensus", 2_000),),
+              pool_runs=(("opencensus", 2, 125),))
 
 
 @contextlib.contextmanager
@@ -365,12 +375,154 @@ def exit_after_bulk(sizes: Sizes = FULL) -> None:
               f"{'  (' + '; '.join(warnings) + ')' if warnings else ''}")
 
 
+SIGTERM_CHILD = textwrap.dedent("""
+    import os, signal, sys, time
+    from amldbg.logs import flush_logs, get_logger
+    log = get_logger("ending", backend=sys.argv[1])
+    log.info("setup")
+    flush_logs(30)  # the exporter is loaded and sending, as in a job that ran for a while
+    if sys.argv[3] == "default":
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the baseline: SIGTERM's default action
+    sys.stdout = open(os.devnull, "w")  # the driver log's copy of the burst
+    for i in range(int(sys.argv[2])):
+        log.info("record %d", i)
+    sys.stdout = sys.__stdout__
+    os.write(1, b"READY\\n")
+    time.sleep(60)
+""")
+
+
+@dataclass(frozen=True)
+class Ending:
+    """What one process killed by SIGTERM did: seconds from the signal to its exit, records
+    that arrived, its exit status, and the count its loss line gave (None: no line)."""
+
+    seconds: float
+    delivered: int
+    status: int
+    reported: int | None
+
+
+def _loss_count(output: str) -> int | None:
+    counts = [int(line.split("record(s)")[0].rsplit(": ", 1)[-1]) for line in output.splitlines()
+              if line.startswith("amldbg: warning:") and "record(s) were not delivered" in line]
+    return sum(counts) if counts else None
+
+
+def sigterm_ending(port: int, connection: str, backend: str, count: int, handler: str) -> Ending:
+    """Run SIGTERM_CHILD, send SIGTERM once its burst is logged, and time the ending."""
+    env = dict(ENV, APPLICATIONINSIGHTS_CONNECTION_STRING=connection)
+    before = envelopes_received(port)
+    proc = subprocess.Popen([PY, "-c", SIGTERM_CHILD, backend, str(count), handler],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith("READY"):
+                break
+        else:
+            raise RuntimeError("the SIGTERM child ended before its burst:\\n" + "".join(seen))
+        sent = time.perf_counter()
+        proc.send_signal(signal.SIGTERM)
+        status = proc.wait(60)
+        took = time.perf_counter() - sent
+        output = "".join(seen) + proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(30)
+    time.sleep(0.3)  # requests the server is still answering
+    delivered = envelopes_received(port) - before - 1  # the set-up record
+    return Ending(took, delivered, status, _loss_count(output))
+
+
+def exit_after_sigterm(sizes: Sizes = FULL) -> dict[str, tuple[Ending, Ending]]:
+    """Print how fast a process killed by SIGTERM mid-export ends and what it delivered, with
+    amldbg's handler and with SIGTERM's default action (the baseline), in the same run."""
+    print("SIGTERM right after a burst, exporter loaded, healthy endpoint (grace 3 s): from the "
+          "signal to the exit, records delivered:")
+    results = {}
+    with ingestion_server() as (connection, port):
+        for backend, count in sizes.sigterm_runs:
+            ours = sigterm_ending(port, connection, backend, count, "amldbg")
+            base = sigterm_ending(port, connection, backend, count, "default")
+            results[backend] = (ours, base)
+            said = "no loss line" if ours.reported is None else f"loss line: {ours.reported}"
+            print(f"  {backend:<10} {count} records: amldbg {ours.seconds:5.2f} s from SIGTERM to "
+                  f"exit, delivered {ours.delivered:6d}/{count}, status {ours.status}, {said}; "
+                  f"SIGTERM's default action (baseline) {base.seconds:5.2f} s, delivered "
+                  f"{base.delivered:6d}/{count}, status {base.status}")
+    return results
+
+
+POOL_CHILD = textwrap.dedent("""
+    import multiprocessing, os, sys, time
+    from amldbg.logs import get_logger
+    log = get_logger("pool", backend=os.environ["BENCH_BACKEND"])  # in each spawn worker too
+    sys.stdout = open(os.devnull, "w")  # the driver log's copy of the records
+
+    def work(task):
+        count = int(os.environ["BENCH_PER_TASK"])
+        for i in range(count):
+            log.info("task %d record %d", task, i)
+        return count
+
+    if __name__ == "__main__":
+        started = time.perf_counter()
+        pool = multiprocessing.get_context(sys.argv[1]).Pool(2)
+        total = sum(pool.map(work, range(int(sys.argv[2])), chunksize=1))
+        pool.close()
+        pool.join()
+        took = time.perf_counter() - started
+        os.write(1, ("DONE %d %.3f\\n" % (total, took)).encode())
+""")
+
+
+def pool_delivery(port: int, connection: str, script: Path, backend: str, tasks: int,
+                  per_task: int, method: str) -> tuple[int, float]:
+    """Records delivered from a Pool(2) of ``method`` workers, and seconds from the pool's
+    start to its join (the workers' exit flush included)."""
+    env = dict(ENV, APPLICATIONINSIGHTS_CONNECTION_STRING=connection, BENCH_BACKEND=backend,
+               BENCH_PER_TASK=str(per_task))
+    before = envelopes_received(port)
+    done = subprocess.run([PY, str(script), method, str(tasks)], capture_output=True, text=True,
+                          env=env, timeout=120, check=True)
+    fields = done.stdout.split("DONE ", 1)[-1].split()
+    time.sleep(0.3)
+    return envelopes_received(port) - before, float(fields[1])
+
+
+def fork_workers(sizes: Sizes = FULL) -> dict[str, tuple[int, int, int]]:
+    """Print how many records of fork Pool workers arrive, next to the same pool with spawn."""
+    print("Records logged in Pool(2) workers, pool closed and joined (multiprocessing workers end "
+          "with os._exit), healthy endpoint:")
+    results = {}
+    with tempfile.TemporaryDirectory() as folder, ingestion_server() as (connection, port):
+        script = Path(folder) / "pool_child.py"
+        script.write_text(POOL_CHILD)
+        for backend, tasks, per_task in sizes.pool_runs:
+            total = tasks * per_task
+            forked, fork_took = pool_delivery(port, connection, script, backend, tasks, per_task,
+                                              "fork")
+            spawned, spawn_took = pool_delivery(port, connection, script, backend, tasks,
+                                                per_task, "spawn")
+            results[backend] = (forked, spawned, total)
+            print(f"  {backend:<10} fork Pool(2): delivered {forked:6d}/{total}, "
+                  f"{fork_took:5.2f} s from start to join; spawn Pool(2) (baseline): delivered "
+                  f"{spawned:6d}/{total}, {spawn_took:5.2f} s")
+    return results
+
+
 def main(argv: list[str] | None = None) -> None:
     """Print every figure of this benchmark."""
     sizes = QUICK if parse_quick(__doc__ or "", argv) else FULL
     call_cost(sizes)
     whole_cost(sizes)
     exit_after_bulk(sizes)
+    exit_after_sigterm(sizes)
+    fork_workers(sizes)
 
 
 if __name__ == "__main__":

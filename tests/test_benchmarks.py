@@ -32,6 +32,10 @@ EXPECTED = {
         r"opencensus\s+grace 3 s: delivered\s+\d+/1000",
         r"^  stdlib StreamHandler\s+[\d.]+ us; amldbg with App Insights \(opencensus\)\s+[\d.]+ us: "
         r"[\d.]+x \(.*\(during the burst only: [\d.]+x",
+        r"^  opencensus\s+\d+ records: amldbg\s+[\d.]+ s from SIGTERM to exit, delivered\s+\d+/\d+, "
+        r"status -?\d+, .*; SIGTERM's default action \(baseline\)\s+[\d.]+ s, delivered\s+\d+/\d+",
+        r"^  opencensus\s+fork Pool\(2\): delivered\s+\d+/\d+,\s+[\d.]+ s from start to join; "
+        r"spawn Pool\(2\) \(baseline\): delivered\s+\d+/\d+",
     ],
     "bench_stall.py": [
         r"armed vs nothing armed: [\d.]+ \(.*\) \(goal >= 0\.99",
