@@ -81,6 +81,10 @@ def channel_for(connection: ConnectionString, backend: str, settings: LogSetting
     """This process's queue for one Application Insights resource and backend."""
     # The key identifies the resource without keeping the secret readable in memory dumps.
     digest = hashlib.sha256(connection.value.encode()).hexdigest()[:16]
+    # Imported here, by the caller: imported by the export thread while the script forks,
+    # it would be half-initialised in the child (see export._forget_half_imports).
+    from amldbg.logs import ingestion  # noqa: F401
+
     exporter = export.get_exporter()
     exporter.grace_period = settings.grace_period
     return exporter.channel(

@@ -278,6 +278,8 @@ class Exporter:
         self._lock = threading.Lock()
         self._progress = threading.Condition()
         self._stop_deadline: float | None = None
+        #: When the interpreter began to shut down while a sink was still being built.
+        self._exit_began: float | None = None
         self._reported = False
         #: Flushes in progress: a flush never waits for a burst to end.
         self._flushing = 0
@@ -314,6 +316,7 @@ class Exporter:
             # during a fork (which waits for imports, see _before_fork), its fork hooks
             # would run "after" without "before" and print a traceback in the parent.
             import concurrent.futures.thread  # noqa: F401
+            _wait_for_sinks_at_exit()
             if self._stop_deadline is None:
                 found.thread = threading.Thread(target=self._run, args=(found,),
                                                 name="amldbg-export", daemon=True)
@@ -386,8 +389,11 @@ class Exporter:
 
     def shutdown(self, grace: float | None = None) -> None:
         """Send what is pending within ``grace`` seconds, close the sinks, report losses."""
+        start = time.monotonic()
+        if grace is None and self._exit_began is not None:
+            start = self._exit_began  # the grace period began with the wait for the sinks
         grace = self.grace_period if grace is None else grace
-        deadline = time.monotonic() + max(0.0, grace)
+        deadline = start + max(0.0, grace)
         with self._lock:
             if self._stop_deadline is None:
                 self._stop_deadline = deadline
@@ -679,6 +685,39 @@ def _flush_at_worker_exit() -> None:
     if finalize is not None:
         with contextlib.suppress(Exception):
             finalize(None, _at_exit, exitpriority=WORKER_EXIT_PRIORITY)
+
+
+_sinks_hook_registered = False
+
+
+def _wait_for_sinks_at_exit() -> None:
+    """Before ``concurrent.futures`` refuses new work at shutdown, let a sink finish building.
+
+    ``threading`` calls its exit hooks (last registered first) before ``atexit``; the one of
+    ``concurrent.futures`` makes every thread pool refuse work, and the OpenTelemetry SDK
+    needs one while it is imported. A script (or a forked child) that ends right after its
+    first record would lose the exporter, so amldbg's hook, registered after it, waits for
+    the sinks being built first; the wait counts against the exit grace period.
+    """
+    global _sinks_hook_registered
+    register = getattr(threading, "_register_atexit", None)
+    if _sinks_hook_registered or register is None:
+        return
+    with contextlib.suppress(Exception):
+        register(_let_sinks_finish)
+        _sinks_hook_registered = True
+
+
+def _let_sinks_finish() -> None:
+    exporter = _exporter
+    if exporter is None or exporter.pid != os.getpid():
+        return
+    with contextlib.suppress(Exception):
+        exporter._exit_began = time.monotonic()
+        deadline = exporter._exit_began + max(0.0, exporter.grace_period)
+        while time.monotonic() < deadline and any(
+                ch.sink is None and not ch.broken for ch in list(exporter.channels.values())):
+            time.sleep(0.01)
 
 
 def current_generation() -> int:
