@@ -182,15 +182,21 @@ def build_envelopes(batch: list[Any], convert: Callable[[Any], Any]) -> list[Any
 
 
 class CachedEnvelopes:
-    """Remembers the envelopes of the batch being retried, so a retry does not rebuild them."""
+    """Remembers the envelopes of the batch being retried, so a retry does not rebuild them.
+
+    A sink changes a pending batch in place only by removing items (a partial success, see
+    :meth:`amldbg.logs.export.Sink.send`), so a batch whose length changed is built anew.
+    """
 
     def __init__(self) -> None:
         self._batch: list[Any] | None = None
+        self._length = 0
         self._envelopes: list[Any] = []
 
     def get(self, batch: list[Any], build: Callable[[list[Any]], list[Any]]) -> list[Any]:
-        """The envelopes for ``batch``, built once per batch object."""
-        if batch is not self._batch:
+        """The envelopes for ``batch``, built once per batch object and length."""
+        if batch is not self._batch or len(batch) != self._length:
             self._envelopes = build(batch)
             self._batch = batch
+            self._length = len(batch)
         return self._envelopes

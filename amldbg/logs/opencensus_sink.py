@@ -265,8 +265,6 @@ class OpenCensusSink(export.Sink):
             # One envelope per item (the handler has no telemetry processors here), so the
             # answer's indexes are the batch's; `sent` lets the parser check that.
             again = ingestion.settle_partial(batch, answer, self.reject, sent=len(built))
-            # The batch changed in place: the cached envelopes are not its own any more.
-            self._cache = envelopes.CachedEnvelopes()
             status = self._codes.RETRY if again else self._codes.SUCCESS
         if status == self._codes.SUCCESS:
             return export.OK

@@ -226,8 +226,6 @@ class OtelSink(export.Sink):
             # The exporter turns each record into one envelope, in order: the answer's
             # indexes are the batch's.
             again = ingestion.settle_partial(batch, outcome.answer, self.reject, sent=len(records))
-            # The batch changed in place: the cached records are not its own any more.
-            self._cache = envelopes.CachedEnvelopes()
             if not again:
                 return export.OK
         elif outcome.error is None and outcome.status not in RETRYABLE_STATUSES:
