@@ -26,8 +26,9 @@ import re
 import sys
 from typing import Any, Collection, Iterable, Mapping, Sequence, TextIO
 
-from amldbg.cli.common import EXIT_NEGATIVE, EXIT_OK, CliError
-from amldbg.core import joblogs, safetext
+from amldbg.cli import collectives
+from amldbg.cli.common import EXIT_NEGATIVE, EXIT_OK, EXIT_USAGE, CliError
+from amldbg.core import joblogs, safetext, secrets
 
 STACKS_MARKER = "amldbg stacks: "
 CRASH_MARKER = "amldbg crash: "

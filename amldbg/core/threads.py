@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable
 
-__all__ = ["own", "start"]
+__all__ = ["call_within", "own", "start"]
 
 
 def own(thread: threading.Thread) -> threading.Thread:
@@ -26,3 +26,30 @@ def start(target: Callable[..., Any], name: str, *args: Any) -> threading.Thread
     thread = own(threading.Thread(target=target, args=args, name=name, daemon=True))
     thread.start()
     return thread
+
+
+def call_within(function: Callable[[], Any], timeout: float, name: str) -> tuple[bool, Any]:
+    """Run ``function`` on a daemon thread of amldbg's own and wait at most ``timeout`` seconds.
+
+    Returns ``(True, result)`` when it returned in time, ``(False, None)`` when it did not
+    (it carries on in the background, abandoned; at exit it is not waited for). An exception
+    it raised is raised here. For library calls whose own limits cannot be set.
+    """
+    outcome: list[Any] = []
+    done = threading.Event()
+
+    def target() -> None:
+        try:
+            outcome.append((True, function()))
+        except BaseException as error:  # handed to the caller
+            outcome.append((False, error))
+        finally:
+            done.set()
+
+    start(target, name)
+    if not done.wait(max(0.0, timeout)):
+        return False, None
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return True, value

@@ -36,7 +36,7 @@ from typing import Any
 from amldbg.core import announce, environment, forksafe, runtime, signalpipe
 from amldbg.core.guard import describe
 from amldbg.core.settings import DebugSettings
-from amldbg.diagnostics import registry, stacks
+from amldbg.diagnostics import collectives, registry, stacks
 
 __all__ = ["arm", "disarm", "is_armed", "owned_signals"]
 
@@ -110,6 +110,7 @@ def _arm(topology: environment.Topology) -> bool:
     if not _installed:
         return False
     stacks.resolve_output_dir()
+    collectives.prepare()
     for number in _installed:
         signalpipe.listen(number, _on_pipe_signal, on_idle=_check_ownership)
     names = {_signals()[number]: number for number in _installed}

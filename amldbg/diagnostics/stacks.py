@@ -39,7 +39,7 @@ from types import CodeType, FrameType, TracebackType
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from amldbg.core import announce, environment, forksafe, safetext, secrets
-from amldbg.diagnostics import values
+from amldbg.diagnostics import collectives, values
 
 #: Marks the machine-readable dump line in the driver log; ``amldbg stacks`` reads it.
 STACKS_MARKER = "amldbg stacks: "
@@ -280,6 +280,9 @@ def capture(
         **_topology_fields(),
         "threads": threads,
     }
+    section = collectives.snapshot()
+    if section is not None:
+        dump["collectives"] = section
     if os.getpid() != _ORIGIN_PID:
         dump["forked_from"] = _ORIGIN_PID
     return dump
@@ -354,7 +357,7 @@ def summary_line(dump: Mapping[str, Any], limit: int = LINE_LIMIT) -> str:
     Kept under ``limit`` bytes when it can be: other threads then keep only their innermost
     frame, then the main thread its innermost frames (the file has everything).
     """
-    short = {key: value for key, value in dump.items() if key != "threads"}
+    short = {key: value for key, value in dump.items() if key not in ("threads", "collectives")}
 
     def frames(thread: Mapping[str, Any], keep: int) -> list[list[Any]]:
         return [
@@ -364,7 +367,13 @@ def summary_line(dump: Mapping[str, Any], limit: int = LINE_LIMIT) -> str:
 
     threads = list(dump.get("threads", []))
     text = ""
-    for main_keep, other_keep in ((MAX_FRAMES, MAX_FRAMES), (MAX_FRAMES, 1), (8, 0), (3, 0)):
+    section = dump.get("collectives")
+    # Fewer collective entries before fewer frames: the verdict needs the newest entries of
+    # each rank, and the main thread's frames name where the odd rank is.
+    steps = ((MAX_FRAMES, MAX_FRAMES, 4), (MAX_FRAMES, 1, 4), (MAX_FRAMES, 1, 2), (8, 0, 2), (3, 0, 1), (3, 0, 0))
+    for main_keep, other_keep, entries in steps:
+        if isinstance(section, Mapping):
+            short["collectives"] = collectives.shortened(section, entries)
         short["threads"] = [
             {
                 "name": thread["name"],
@@ -548,6 +557,9 @@ def write_crash_report(
             "chain": chain,
             "environment": environment_summary(),
         }
+        section = collectives.snapshot()
+        if section is not None:
+            report["collectives"] = section
         directory = directory or output_dir()
         base = f"crash-rank{report['rank']}-pid{report['pid']}"
         path = os.path.join(directory, base + ".json")
@@ -563,7 +575,8 @@ def write_crash_report(
             "amldbg_crash": DUMP_FORMAT, "rank": report["rank"], "pid": report["pid"], "host": report["host"],
             "exception": report["exception"], "frame": frame_label(top) if top else None,
             "file": written, "time": report["time"], "where": report["where"],
-        }, sort_keys=True))
+            **({"collectives": collectives.shortened(report["collectives"], 2)} if "collectives" in report else {}),
+        }, sort_keys=True, default=_unknown))
         return written
     except Exception as error:
         announce.warn(f"could not write the crash report: {error}")

@@ -52,7 +52,7 @@ import time
 from typing import Any
 
 from amldbg.core import announce, environment, forksafe, threads
-from amldbg.diagnostics import stacks, values
+from amldbg.diagnostics import collectives, stacks, values
 
 __all__ = ["arm", "disarm", "heartbeat", "is_armed"]
 
@@ -231,6 +231,7 @@ def arm(timeout: float, *, interval: float | None = None) -> bool:
             if _watchdog is not None and _watchdog.is_alive():
                 return True
             stacks.resolve_output_dir()
+            collectives.prepare()
             # At least ~20 samples per timeout: a short timeout must not hang on a few samples
             # that happened to land on the same instruction of a busy loop.
             step = interval if interval is not None else min(SAMPLE_INTERVAL, max(0.02, timeout / 20))

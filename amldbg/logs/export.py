@@ -53,7 +53,7 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
-from amldbg.core import announce
+from amldbg.core import announce, threads
 
 OK = "ok"
 RETRY = "retry"
@@ -136,28 +136,15 @@ def call_within(function: Callable[[], Any], timeout: float, name: str = "amldbg
     exception it raised is raised here. For library calls whose own limits cannot be set
     (azureml-core's ``Run.flush`` waits up to twice its timeout plus minutes of ingestion).
     """
-    outcome: list[Any] = []
-    done = threading.Event()
-
-    def target() -> None:
+    def tracked() -> Any:
         ident = threading.get_ident()
         _export_idents.add(ident)
         try:
-            outcome.append((True, function()))
-        except BaseException as error:  # handed to the caller
-            outcome.append((False, error))
+            return function()
         finally:
             _export_idents.discard(ident)
-            done.set()
 
-    thread = threading.Thread(target=target, name=name, daemon=True)
-    thread.start()
-    if not done.wait(max(0.0, timeout)):
-        return False, None
-    ok, value = outcome[0]
-    if not ok:
-        raise value
-    return True, value
+    return threads.call_within(tracked, timeout, name)
 
 
 class Channel:
@@ -400,11 +387,11 @@ class Exporter:
             channels = list(self.channels.values())
         self.wake()
         current = threading.current_thread()
-        threads = [ch.thread for ch in channels if ch.thread is not None and ch.thread is not current]
-        if threads:
+        running = [ch.thread for ch in channels if ch.thread is not None and ch.thread is not current]
+        if running:
             loading = any(ch.sink is None and not ch.broken for ch in channels)
             with _late_imports_allowed(loading):
-                for thread in threads:
+                for thread in running:
                     thread.join(max(0.0, deadline - time.monotonic()) + JOIN_MARGIN)
         self.report()
 
