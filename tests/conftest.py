@@ -6,6 +6,7 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import Iterator
 
 # The Azure exporters otherwise phone Microsoft's statsbeat endpoint and the cloud metadata
 # address; subprocesses inherit this environment.
@@ -33,3 +34,19 @@ def _fresh_warnings() -> None:
     from amldbg.core import announce
 
     announce.forget_warnings()
+
+
+@pytest.fixture(autouse=True)
+def _no_flight_recorder_leak() -> Iterator[None]:
+    """An in-process arm turns PyTorch's Flight Recorder on through the environment: put it
+    back, so that later tests and their children start as the user's job would."""
+    from amldbg.diagnostics import collectives
+
+    before = {name: os.environ.get(name) for name in collectives.BUFFER_VARIABLES}
+    yield
+    collectives.forget()
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value

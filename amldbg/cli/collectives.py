@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import bisect
 import json
-from typing import Any, Callable, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from amldbg.core import safetext
 
@@ -58,10 +58,10 @@ class Entry(NamedTuple):
     """One collective of a rank's ring (``sizes`` as nested tuples, hashable)."""
 
     seq: int
-    op: Optional[str]
-    sizes: Optional[tuple]
-    dtypes: Optional[Tuple[str, ...]]
-    state: Optional[str]
+    op: str | None
+    sizes: tuple | None
+    dtypes: tuple[str, ...] | None
+    state: str | None
     p2p: bool
 
     @property
@@ -75,11 +75,11 @@ class Group(NamedTuple):
 
     process_group: str
     pg: str
-    ranks: Optional[Tuple[int, ...]]
-    last_enqueued: Optional[int]
-    last_started: Optional[int]
-    last_completed: Optional[int]
-    entries: Tuple[Entry, ...]
+    ranks: tuple[int, ...] | None
+    last_enqueued: int | None
+    last_started: int | None
+    last_completed: int | None
+    entries: tuple[Entry, ...]
 
 
 class Record(NamedTuple):
@@ -88,7 +88,7 @@ class Record(NamedTuple):
     recorder: str
     note: str
     backend: str
-    groups: Tuple[Group, ...]
+    groups: tuple[Group, ...]
 
 
 def ranks_text(ranks: Iterable[int]) -> str:
@@ -116,7 +116,7 @@ def _listed(sizes: Any) -> Any:
     return [_listed(item) for item in sizes] if isinstance(sizes, tuple) else sizes
 
 
-def call_text(op: Optional[str], sizes: Any, dtypes: Optional[Sequence[str]]) -> str:
+def call_text(op: str | None, sizes: Any, dtypes: Sequence[str] | None) -> str:
     """``all_reduce [[4]] float``: a collective as the report names it."""
     parts = [op or "?"]
     if sizes is not None:
@@ -172,7 +172,7 @@ class _Member:
 
     def __init__(self, rank: int, group: Group) -> None:
         self.rank = rank
-        self.held: Dict[int, Call] = {}
+        self.held: dict[int, Call] = {}
         for entry in group.entries:
             if not entry.p2p:
                 self.held.setdefault(entry.seq, entry.call)
@@ -181,9 +181,9 @@ class _Member:
         self.completed = -1 if group.last_completed is None else group.last_completed
 
 
-def _calls(members: Sequence[_Member], seq: int) -> Dict[Call, List[int]]:
+def _calls(members: Sequence[_Member], seq: int) -> dict[Call, list[int]]:
     """The ranks by what they called at ``seq``, largest group first (ties: lowest rank)."""
-    found: Dict[Call, List[int]] = {}
+    found: dict[Call, list[int]] = {}
     for member in members:
         call = member.held.get(seq)
         if call is not None:
@@ -191,13 +191,13 @@ def _calls(members: Sequence[_Member], seq: int) -> Dict[Call, List[int]]:
     return dict(sorted(found.items(), key=lambda item: (-len(item[1]), min(item[1]))))
 
 
-def _diverges(members: Sequence[_Member]) -> Optional[int]:
+def _diverges(members: Sequence[_Member]) -> int | None:
     """The first sequence number at which ``members`` diverge, else ``None``."""
     lasts = sorted(member.last for member in members)
     low, high = lasts[0], lasts[-1]
     first = low + 1 if low < high else None
     # Content: the seqs held by every member that entered them, oldest first.
-    holders: Dict[int, int] = {}
+    holders: dict[int, int] = {}
     for member in members:
         for seq in member.held:
             holders[seq] = holders.get(seq, 0) + 1
@@ -213,7 +213,7 @@ def _diverges(members: Sequence[_Member]) -> Optional[int]:
 def verdict(
     records: Mapping[int, Record],
     dumped: Iterable[int],
-    where: Callable[[int], Optional[str]],
+    where: Callable[[int], str | None],
 ) -> list[dict[str, Any]]:
     """The findings, one per process group that diverges or where every member waits.
 
@@ -222,7 +222,7 @@ def verdict(
     that rank's main thread (``train.py:47 in wait_for_shard``), or ``None``.
     """
     dumped_ranks = set(dumped)
-    by_pg: Dict[str, Dict[int, Group]] = {}
+    by_pg: dict[str, dict[int, Group]] = {}
     for rank, record in records.items():
         if record.recorder != ON:
             continue
@@ -237,8 +237,8 @@ def verdict(
 
 
 def _judge(
-    pg: str, reporters: Mapping[int, Group], dumped: set[int], where: Callable[[int], Optional[str]]
-) -> Optional[dict[str, Any]]:
+    pg: str, reporters: Mapping[int, Group], dumped: set[int], where: Callable[[int], str | None]
+) -> dict[str, Any] | None:
     known = _most_common(g.ranks for g in reporters.values() if g.ranks is not None)
     members = set(reporters) | set(known or ())
     compared = [_Member(rank, reporters[rank]) for rank in sorted(reporters)]
@@ -287,8 +287,8 @@ def recorder_summary(records: Mapping[int, Record], dumped: Iterable[int]) -> di
     """Which ranks had the Flight Recorder in which state: ``{"states": {"on": [0, 1],
     "late": [2]}, "notes": {"late": "..."}, "none": [3]}`` (``none``: ranks that dumped
     without a collectives section)."""
-    states: Dict[str, List[int]] = {}
-    notes: Dict[str, List[str]] = {}
+    states: dict[str, list[int]] = {}
+    notes: dict[str, list[str]] = {}
     for rank in sorted(records):
         record = records[rank]
         states.setdefault(record.recorder, []).append(rank)
@@ -309,7 +309,7 @@ def _head(finding: Mapping[str, Any]) -> str:
 def _missing_text(finding: Mapping[str, Any]) -> str:
     missing = finding["missing"]
     at = finding["missing_at"]
-    by_frame: Dict[Optional[str], List[int]] = {}
+    by_frame: dict[str | None, list[int]] = {}
     for rank in missing:
         by_frame.setdefault(at.get(str(rank)), []).append(rank)
     if len(by_frame) == 1:

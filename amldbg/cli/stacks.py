@@ -19,6 +19,7 @@ read as rank 0; everything printed is escaped to one line by :mod:`amldbg.core.s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -38,6 +39,7 @@ examples:
   amldbg stacks outputs/amldbg/            # the dump files a job wrote (Azure ML uploads outputs/)
   amldbg stacks user_logs/ outputs/ --json # driver logs and dump files of a downloaded job
   az ml job stream -n JOB | amldbg stacks  # or read standard input
+  amldbg stacks outputs/ --html job.html   # and one page of the whole job, to open in a browser
 
 Dumps come from --remote_debug_stall_timeout (when a rank stops making progress) and
 --remote_debug_on_demand (kill -USR1 PID); crash reports from --remote_debug_post_mortem.
@@ -102,14 +104,39 @@ def _who(rank: int, pid: int | None, host: str) -> str:
     return f"rank {rank} (pid {pid_text}{f' on {host}' if host else ''})"
 
 
-class Frame:
-    """One frame of a dump: file, line, function, and whether it is library code."""
+# Bounds of what is kept of one dump, whatever it holds (amldbg writes 24 frames per thread,
+# 24 values per frame, 16 process groups of 8 entries).
+_MAX_THREADS = 64
+_MAX_FRAMES = 128
+_MAX_LOCALS = 32
+_MAX_GROUPS = 64
+_MAX_ENTRIES = 16
+_MAX_MEMBERS = 100_000
+_MAX_TENSORS = 64
+# A tensor dimension: any size a real tensor has (an int64), not just a rank-sized number.
+_MAX_DIM = 2**63 - 1
 
-    def __init__(self, file: str, line: int, function: str, library: bool | None = None) -> None:
+
+class Frame:
+    """One frame of a dump: file, line, function, and whether it is library code; with
+    ``detail``, its source line and local values (escaped and cut, as ``(name, value)``).
+
+    Frames are shared between dumps (:class:`Shared`): 4,096 ranks at the same frames hold
+    one object per frame, not 4,096.
+    """
+
+    __slots__ = ("file", "line", "function", "library", "code", "values")
+
+    def __init__(
+        self, file: str, line: int, function: str, library: bool | None = None,
+        code: str | None = None, values: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         self.file = file
         self.line = line
         self.function = function
         self.library = bool(_LIBRARY.search(file)) if library is None else library
+        self.code = code
+        self.values = values
 
     @property
     def key(self) -> tuple[str, int, str]:
@@ -121,11 +148,54 @@ class Frame:
         name = self.file.replace("\\", "/").rsplit("/", 1)[-1]
         return clean(f"{name}:{self.line} in {self.function}")
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON for ``ranks_detail``: file, line, function, library, and code and locals
+        when the dump had them; every text escaped and cut."""
+        found: dict[str, Any] = {
+            "file": clean(self.file, 300), "line": self.line,
+            "function": clean(self.function, 200), "library": self.library,
+        }
+        if self.code:
+            found["code"] = self.code
+        if self.values:
+            found["locals"] = dict(self.values)
+        return found
 
-def _frame(raw: Any) -> Frame | None:
+
+class Shared:
+    """What the dumps of one job share: identical frames, stacks, member lists and
+    collective records are kept once (a job's ranks are mostly at the same frames)."""
+
+    def __init__(self) -> None:
+        self.frames: dict[tuple[Any, ...], Frame] = {}
+        self.values: dict[Any, Any] = {}
+
+    def one(self, value: Any) -> Any:
+        """``value``, or the equal value already kept."""
+        return self.values.setdefault(value, value)
+
+
+def _locals_key(raw: Any) -> tuple[tuple[Any, Any], ...]:
+    if not isinstance(raw, Mapping):
+        return ()
+    items = []
+    for number, (name, value) in enumerate(raw.items()):
+        if number >= _MAX_LOCALS:
+            break
+        # Hostile values (lists, numbers) become text now: the key must be hashable.
+        items.append((name if isinstance(name, str) else clean(name, 100),
+                      value if isinstance(value, str) else clean(value, 300)))
+    return tuple(items)
+
+
+def _frame(raw: Any, shared: Shared | None = None, detail: bool = False) -> Frame | None:
+    code: Any = None
+    values: Any = None
     if isinstance(raw, Mapping):
         file, line, function = raw.get("file"), raw.get("line"), raw.get("function")
         library = raw.get("library")
+        if detail:
+            code, values = raw.get("code"), raw.get("locals")
     elif isinstance(raw, (list, tuple)) and len(raw) >= 3:
         file, line, function = raw[0], raw[1], raw[2]
         library = bool(raw[3]) if len(raw) > 3 else None
@@ -133,7 +203,30 @@ def _frame(raw: Any) -> Frame | None:
         return None
     if not isinstance(file, str) or not isinstance(function, str):
         return None
-    return Frame(file, _int(line, 0), function, library if isinstance(library, bool) else None)
+    number = _int(line, 0)
+    flag = library if isinstance(library, bool) else None
+    source = code if isinstance(code, str) and code else None
+    pairs = _locals_key(values) if values else ()
+    key = (file, number, function, flag, source, pairs)
+    if shared is not None:
+        known = shared.frames.get(key)
+        if known is not None:
+            return known
+    frame = Frame(
+        file, number, function, flag, clean(source, 300) if source else None,
+        tuple((clean(name, 100), clean(value, 300)) for name, value in pairs),
+    )
+    if shared is not None:
+        shared.frames[key] = frame
+    return frame
+
+
+def _frames(raw: Any, shared: Shared | None, detail: bool) -> tuple[Frame, ...]:
+    """A thread's frames (outermost first), its innermost :data:`_MAX_FRAMES` at most."""
+    if not isinstance(raw, list):
+        return ()
+    frames = tuple(f for f in (_frame(item, shared, detail) for item in raw[-_MAX_FRAMES:]) if f is not None)
+    return shared.one(frames) if shared is not None else frames
 
 
 def _host(raw: Mapping[str, Any]) -> str:
@@ -141,14 +234,152 @@ def _host(raw: Mapping[str, Any]) -> str:
     return host if isinstance(host, str) else str(host)
 
 
-class Dump:
-    """One process's dump: who, when, why, and its main thread's frames (outermost first).
+class DamagedCollectives(ValueError):
+    """A ``"collectives"`` section that is not the schema: dropped, the stacks kept."""
 
-    :class:`InvalidRank` when the rank is not a non-negative integer; ``ValueError`` when
-    the dump is damaged.
+
+def _seq(value: Any, what: str) -> int | None:
+    if value is None:
+        return None
+    found = _count(value)
+    if found is None:
+        raise DamagedCollectives(f"invalid {what}")
+    return found
+
+
+def _text(value: Any, what: str, limit: int) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise DamagedCollectives(f"invalid {what}")
+    return clean(value, limit)
+
+
+def _dimension(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_DIM:
+        raise DamagedCollectives("invalid sizes")
+    return value
+
+
+def _sizes(value: Any) -> tuple[Any, ...] | None:
+    """``[[4], [2, 3]]`` as nested tuples: a list of at most :data:`_MAX_TENSORS` shapes,
+    each a dimension or a list of at most that many dimensions (nothing deeper)."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) > _MAX_TENSORS:
+        raise DamagedCollectives("invalid sizes")
+    shapes: list[Any] = []
+    for shape in value:
+        if isinstance(shape, list):
+            if len(shape) > _MAX_TENSORS:
+                raise DamagedCollectives("invalid sizes")
+            shapes.append(tuple(_dimension(d) for d in shape))
+        else:
+            shapes.append(_dimension(shape))
+    return tuple(shapes)
+
+
+def _dtypes(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) > _MAX_TENSORS or not all(isinstance(d, str) for d in value):
+        raise DamagedCollectives("invalid dtypes")
+    return tuple(clean(d, 30).lower() for d in value)
+
+
+def _entry(raw: Any) -> collectives.Entry:
+    if not isinstance(raw, Mapping):
+        raise DamagedCollectives("an entry is not an object")
+    seq = _seq(raw.get("seq"), "sequence number")
+    if seq is None:
+        raise DamagedCollectives("an entry without a sequence number")
+    state = raw.get("state")
+    return collectives.Entry(
+        seq, _text(raw.get("op"), "op", 60), _sizes(raw.get("sizes")), _dtypes(raw.get("dtypes")),
+        clean(state, 20) if isinstance(state, str) else None, raw.get("p2p") is True,
+    )
+
+
+def _members(value: Any) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise DamagedCollectives("invalid ranks")
+    if len(value) > _MAX_MEMBERS:
+        return None  # no real group: its members are the ranks that report it
+    ranks = set()
+    for rank in value:
+        number = _count(rank)
+        if number is None:
+            raise DamagedCollectives("invalid ranks")
+        ranks.add(number)
+    return tuple(sorted(ranks))
+
+
+def _group(raw: Any, shared: Shared | None) -> collectives.Group:
+    if not isinstance(raw, Mapping):
+        raise DamagedCollectives("a process group is not an object")
+    pg = raw.get("pg")
+    if isinstance(pg, int) and not isinstance(pg, bool):
+        pg = str(pg)
+    if not isinstance(pg, str) or not pg:
+        raise DamagedCollectives("a process group without its name")
+    pg = clean(pg, 100)
+    entries = raw.get("entries")
+    if entries is None:
+        entries = []
+    if not isinstance(entries, list):
+        raise DamagedCollectives("invalid entries")
+    ranks = _members(raw.get("ranks"))
+    group = collectives.Group(
+        _text(raw.get("process_group"), "process group", 100) or pg, pg,
+        shared.one(ranks) if shared is not None and ranks is not None else ranks,
+        _seq(raw.get("last_enqueued"), "sequence number"),
+        _seq(raw.get("last_started"), "sequence number"),
+        _seq(raw.get("last_completed"), "sequence number"),
+        tuple(_entry(entry) for entry in entries[-_MAX_ENTRIES:]),
+    )
+    return shared.one(group) if shared is not None else group
+
+
+def parse_collectives(raw: Any, shared: Shared | None = None) -> collectives.Record:
+    """A dump's ``"collectives"`` section (schema: :mod:`amldbg.diagnostics.collectives`),
+    read as hostile input: the first :data:`_MAX_GROUPS` groups and the newest
+    :data:`_MAX_ENTRIES` entries of each, sequence numbers non-negative integers, texts
+    escaped and cut. :class:`DamagedCollectives` when it is not the schema (a record read
+    in part could name a rank that did nothing wrong)."""
+    if not isinstance(raw, Mapping):
+        raise DamagedCollectives("not an object")
+    recorder = raw.get("recorder")
+    if not isinstance(recorder, str):
+        raise DamagedCollectives("no recorder state")
+    groups = raw.get("groups")
+    if groups is None:
+        groups = []
+    if not isinstance(groups, list):
+        raise DamagedCollectives("invalid groups")
+    record = collectives.Record(
+        clean(recorder, 20), _text(raw.get("note"), "note", 300) or "",
+        _text(raw.get("backend"), "backend", 40) or "",
+        tuple(_group(group, shared) for group in groups[:_MAX_GROUPS]),
+    )
+    return shared.one(record) if shared is not None else record
+
+
+class Dump:
+    """One process's dump: who, when, why, its main thread's frames (outermost first), and
+    its collectives (:attr:`collectives`, ``None`` without a section).
+
+    With ``detail``, every thread's frames with their code and values are kept too
+    (:attr:`detail_threads`: ``(name, main, frames)``). :class:`InvalidRank` when the rank
+    is not a non-negative integer; ``ValueError`` when the dump's stacks are damaged. A
+    damaged collectives section only drops the collectives (:attr:`collectives_problem`
+    says why).
     """
 
-    def __init__(self, raw: Mapping[str, Any], source: str) -> None:
+    def __init__(
+        self, raw: Mapping[str, Any], source: str, shared: Shared | None = None, detail: bool = False
+    ) -> None:
         self.rank = _rank(raw.get("rank"))
         self.pid = _count(raw.get("pid"))
         self.host_key = _host(raw)
@@ -160,17 +391,37 @@ class Dump:
         # A forked child of the rank's process (a data loader worker) that was signalled too.
         self.child = raw.get("forked_from") is not None
         self.source = source
-        self.main: list[Frame] = []
+        self.main: tuple[Frame, ...] = ()
+        self.detail_threads: tuple[tuple[str, bool, tuple[Frame, ...]], ...] = ()
         threads = raw.get("threads")
         if not isinstance(threads, list):
             raise ValueError("no threads")
+        found_main = False
+        kept: list[tuple[str, bool, tuple[Frame, ...]]] = []
         for thread in threads:
-            if isinstance(thread, Mapping) and thread.get("main"):
-                frames = thread.get("frames")
-                if isinstance(frames, list):
-                    self.main = [f for f in map(_frame, frames) if f is not None]
+            if not isinstance(thread, Mapping):
+                continue
+            main = bool(thread.get("main")) and not found_main
+            if not main and (not detail or len(kept) >= _MAX_THREADS):
+                continue
+            frames = _frames(thread.get("frames"), shared, detail)
+            if main:
+                found_main = True
+                self.main = frames
+            if detail and len(kept) < _MAX_THREADS:
+                name = clean(thread.get("name", "?"), 100)
+                kept.append((shared.one(name) if shared is not None else name, main, frames))
+            if found_main and not detail:
                 break
+        self.detail_threads = tuple(kept)
         self.threads = len(threads)
+        self.collectives: collectives.Record | None = None
+        self.collectives_problem: str | None = None
+        if "collectives" in raw:
+            try:
+                self.collectives = parse_collectives(raw["collectives"], shared)
+            except (DamagedCollectives, TypeError, RecursionError) as error:
+                self.collectives_problem = str(error) if isinstance(error, DamagedCollectives) else "damaged"
 
     @property
     def identity(self) -> tuple[str, int | None, int]:
@@ -252,7 +503,12 @@ class Collector:
     """Gathers dumps and crash reports from files and lines, and the notes about what could
     not be read (:attr:`notes`, for stderr)."""
 
-    def __init__(self) -> None:
+    def __init__(self, detail: bool = True) -> None:
+        #: Keep every thread's frames with their code and values (``analyse(detail=True)``,
+        #: the HTML page); without it only the main thread's frames are kept.
+        self.detail = detail
+        #: What the dumps share (frames, stacks, collectives), kept once.
+        self.shared = Shared()
         self.dumps: dict[tuple[str, int | None, int], Dump] = {}
         self.crashes: list[Crash] = []
         self._by_file: dict[tuple[str, int | None, str], int] = {}
@@ -282,7 +538,13 @@ class Collector:
             return False
         try:
             if kind == "dump":
-                self._add_dump(Dump(raw, source), from_file)
+                dump = Dump(raw, source, self.shared, self.detail)
+                if dump.collectives_problem is not None:
+                    self.note(
+                        f"dropped the damaged collectives of a dump at {source} "
+                        f"({dump.collectives_problem}); its stacks are kept"
+                    )
+                self._add_dump(dump, from_file)
             else:
                 self._add_crash(Crash(raw, source, from_file))
         except InvalidRank:
@@ -382,13 +644,14 @@ def _dump_kind(item: joblogs.JobFile, document: str) -> str | None:
     return None
 
 
-def collect(paths: Sequence[str], stdin: TextIO) -> Collector:
-    """Read every path (file, folder, ``-`` for ``stdin``).
+def collect(paths: Sequence[str], stdin: TextIO, detail: bool = True) -> Collector:
+    """Read every path (file, folder, ``-`` for ``stdin``); ``detail``: keep every thread's
+    frames, code and values (see :class:`Collector`).
 
     A file or folder that cannot be read is noted and skipped; :class:`CliError` when a named
     path does not exist, or when nothing at all could be read.
     """
-    collector = Collector()
+    collector = Collector(detail)
     sources = list(paths) or ["-"]
     if sources == ["-"] and stdin.isatty():
         raise CliError("give dump files, log files or folders, or pipe a log into standard input")
@@ -414,20 +677,8 @@ def collect(paths: Sequence[str], stdin: TextIO) -> Collector:
     return collector
 
 
-def _ranks_text(ranks: Sequence[int]) -> str:
-    """``0-2,5``."""
-    parts: list[str] = []
-    start = previous = None
-    for rank in sorted(ranks):
-        if previous is not None and rank == previous + 1:
-            previous = rank
-            continue
-        if start is not None:
-            parts.append(str(start) if start == previous else f"{start}-{previous}")
-        start = previous = rank
-    if start is not None:
-        parts.append(str(start) if start == previous else f"{start}-{previous}")
-    return ",".join(parts)
+#: ``0-2,5`` (:func:`amldbg.cli.collectives.ranks_text`).
+_ranks_text = collectives.ranks_text
 
 
 def _latest(collector: Collector) -> list[Dump]:
@@ -454,8 +705,60 @@ def _latest(collector: Collector) -> list[Dump]:
     return sorted(latest, key=lambda d: (d.rank, d.host_key, -1 if d.pid is None else d.pid))
 
 
-def analyse(collector: Collector) -> dict[str, Any]:
-    """Latest dump per process, grouped by main-thread frames, largest group first."""
+def _collective_verdict(latest: Sequence[Dump]) -> dict[str, Any]:
+    """The collective verdict (:mod:`amldbg.cli.collectives`) of the latest dumps."""
+    # Each rank's latest own dump that has a section. A forked child's section would be
+    # its parent's at the fork (it never asks torch), so children are left out.
+    chosen: dict[int, Dump] = {}
+    for dump in sorted(latest, key=lambda d: d.order):
+        if not dump.child and dump.collectives is not None:
+            chosen[dump.rank] = dump
+    records = {rank: dump.collectives for rank, dump in chosen.items() if dump.collectives is not None}
+    dumped = {d.rank for d in latest}
+
+    def where(rank: int) -> str | None:
+        dump = chosen.get(rank)
+        frame = dump.user_frame() if dump is not None else None
+        return frame.label() if frame is not None else None
+
+    findings = collectives.verdict(records, dumped, where)
+    summary = collectives.recorder_summary(records, dumped)
+    lines = collectives.verdict_lines(findings, summary, collectives.compared_groups(records))
+    return {"collectives": findings, "recorder": summary, "collective_lines": lines}
+
+
+def _rank_detail(dump: Dump, group: int, frames: dict[Frame, dict[str, Any]],
+                 stacks: dict[tuple[Frame, ...], list[dict[str, Any]]]) -> dict[str, Any]:
+    """One process for ``ranks_detail``; frames and stacks met before are the same objects."""
+    threads = []
+    for name, main, thread_frames in dump.detail_threads or (("MainThread", True, dump.main),):
+        shown = stacks.get(thread_frames)
+        if shown is None:
+            shown = []
+            for frame in thread_frames:
+                known = frames.get(frame)
+                if known is None:
+                    known = frames[frame] = frame.to_dict()
+                shown.append(known)
+            stacks[thread_frames] = shown
+        threads.append({"name": name, "main": main, "frames": shown})
+    record = dump.collectives
+    return {
+        "rank": dump.rank, "pid": dump.pid, "host": dump.host, "reason": dump.reason,
+        "time": dump.time, "group": group, "threads": threads,
+        "recorder": record.recorder if record is not None else None,
+        "collectives": [collectives.group_dict(g) for g in record.groups] if record is not None else [],
+    }
+
+
+def analyse(collector: Collector, detail: bool = False) -> dict[str, Any]:
+    """Latest dump per process, grouped by main-thread frames, largest group first, and the
+    collective verdict (``collectives``, ``recorder``, ``collective_lines``).
+
+    ``detail`` adds ``ranks_detail``: per process in rank order, its threads with their
+    frames (code and locals when the collector kept them), the index of its group in
+    ``groups``, and its parsed collectives (for the HTML page; ``--json`` leaves it out).
+    """
     latest = _latest(collector)
     claims: dict[int, int] = {}
     for dump in latest:
@@ -466,9 +769,12 @@ def analyse(collector: Collector) -> dict[str, Any]:
     ordered = sorted(groups.values(), key=lambda members: (-len(members), members[0].rank))
     world = max((d.world_size for d in latest), default=0)
     result_groups: list[dict[str, Any]] = []
-    for members in ordered:
+    group_of: dict[int, int] = {}
+    for number, members in enumerate(ordered):
         first = members[0]
         frame = first.user_frame()
+        for d in members:
+            group_of[id(d)] = number
         result_groups.append({
             "ranks": sorted({d.rank for d in members}),
             "processes": [{"rank": d.rank, "pid": d.pid, "host": d.host} for d in members],
@@ -489,7 +795,8 @@ def analyse(collector: Collector) -> dict[str, Any]:
     dumped = {d.rank for d in latest}
     # A world size read from a hostile file may be absurd: list missing ranks of real jobs only.
     missing = sorted(set(range(world)) - dumped) if 1 < world <= 100_000 else []
-    return {
+    result: dict[str, Any] = {
+        **_collective_verdict(latest),
         "groups": result_groups,
         "outliers": sorted({o["rank"] for o in outliers}),
         "outlier_processes": outliers,
@@ -503,6 +810,11 @@ def analyse(collector: Collector) -> dict[str, Any]:
             )
         ],
     }
+    if detail:
+        frames: dict[Frame, dict[str, Any]] = {}
+        stacks: dict[tuple[Frame, ...], list[dict[str, Any]]] = {}
+        result["ranks_detail"] = [_rank_detail(d, group_of[id(d)], frames, stacks) for d in latest]
+    return result
 
 
 def _plural(count: int, word: str, many: str | None = None) -> str:
@@ -525,8 +837,10 @@ def _members_text(group: Mapping[str, Any], shared: Collection[int]) -> str:
 
 
 def report_lines(result: Mapping[str, Any]) -> list[str]:
-    """The report for people, one escaped line each."""
-    lines = []
+    """The report for people, one escaped line each: the collective verdict first."""
+    lines = list(result.get("collective_lines") or [])
+    if lines:
+        lines.append("")
     groups = result["groups"]
     shared = set(result["shared_ranks"])
     if groups:
@@ -593,9 +907,30 @@ def _say(message: str) -> None:
     print(f"amldbg stacks: {safetext.escape(message)}", file=sys.stderr)
 
 
+def write_html(path: str, result: Mapping[str, Any]) -> None:
+    """Write the HTML page of ``result`` (``analyse(..., detail=True)``) to ``path``: mode
+    0600 (it shows the ranks' local values), replaced whole so that no reader ever sees half
+    a page. Raises ``OSError``."""
+    from amldbg.cli import stacks_html
+
+    page = stacks_html.render(result)
+    temporary = os.path.join(
+        os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{os.getpid()}.tmp"
+    )
+    try:
+        secrets.write_private(temporary, page)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
 def cmd_stacks(args: argparse.Namespace, out: TextIO) -> int:
-    """Compare the ranks' stack dumps and list the crash reports."""
-    collector = collect(getattr(args, "paths", []) or [], sys.stdin)
+    """Compare the ranks' stack dumps and their collectives, list the crash reports, and
+    with ``--html FILE`` write the page of the whole job."""
+    html = getattr(args, "html", None)
+    collector = collect(getattr(args, "paths", []) or [], sys.stdin, detail=bool(html))
     for message in collector.notes[:_MAX_NOTES]:
         _say(message)
     if len(collector.notes) > _MAX_NOTES:
@@ -605,16 +940,26 @@ def cmd_stacks(args: argparse.Namespace, out: TextIO) -> int:
             f"{_plural(collector.cut_lines, 'line')} longer than {joblogs.MAX_LINE // 1024} KiB "
             "read only in part"
         )
-    result = analyse(collector)
+    result = analyse(collector, detail=bool(html))
     found = bool(result["groups"] or result["crashes"])
     if getattr(args, "json", False):
         # ensure_ascii: every control, bidi or separator character is written as an escape.
-        out.write(json.dumps(result, indent=2, ensure_ascii=True) + "\n")
-        return EXIT_OK if found else EXIT_NEGATIVE
-    if not found:
+        plain = {key: value for key, value in result.items() if key != "ranks_detail"}
+        out.write(json.dumps(plain, indent=2, ensure_ascii=True) + "\n")
+    elif found:
+        out.write(format_report(result) + "\n")
+    else:
         _say("no stack dump or crash report in the given input")
+    if not found:
         return EXIT_NEGATIVE
-    out.write(format_report(result) + "\n")
+    if html:
+        out.flush()
+        try:
+            write_html(html, result)
+        except OSError as error:
+            _say(f"error: cannot write {html}: {joblogs.reason(error)}")
+            return EXIT_USAGE
+        _say(f"wrote {html}")
     return EXIT_OK
 
 
@@ -633,5 +978,10 @@ def add_parser(commands: Any, formatter: Any) -> argparse.ArgumentParser:
         help="dump file, log file or folder; '-' or nothing reads standard input",
     )
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    parser.add_argument(
+        "--html", metavar="FILE",
+        help="also write one self-contained HTML page of the whole job (verdict, ranks, call "
+        "tree, each rank's threads and values) to FILE, mode 0600",
+    )
     parser.set_defaults(run=cmd_stacks)
     return parser
