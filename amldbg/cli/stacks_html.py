@@ -948,8 +948,7 @@ function selectRank(r) {
 function processBlock(p, several) {
   var box = el("div", "proc");
   var meta = [];
-  if (p[1] !== null) meta.push("pid " + p[1]);
-  if (s(p[2])) meta.push("on " + s(p[2]));
+  meta.push("pid " + (p[1] === null ? "?" : p[1]) + (s(p[2]) ? " on " + s(p[2]) : ""));
   if (s(p[3])) meta.push(s(p[3]));
   if (s(p[4])) meta.push(s(p[4]));
   if (p[5] >= 0) meta.push("group " + (p[5] + 1) + " at " + s(D.groups[p[5]].frame));

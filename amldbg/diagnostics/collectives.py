@@ -65,12 +65,22 @@ LATE_NOTE = (
 )
 
 
-def _buffer_set(env: Mapping[str, str]) -> bool:
+def _users_ring(env: Mapping[str, str]) -> tuple[bool, bool]:
+    """Whether the user sized the recorder's ring, and whether that size turns it on
+    (``TORCH_FR_BUFFER_SIZE=0`` is the user's way to keep it off)."""
+    chosen = False
     for name in BUFFER_VARIABLES:
-        value = env.get(name, "").strip()
-        if value.isdigit() and int(value) > 0:
-            return True
-    return False
+        value = env.get(name)
+        if value is None:
+            continue
+        chosen = True
+        text = value.strip()
+        if text.isdigit() and int(text) > 0:
+            return True, True
+    return chosen, False
+
+
+OFF_BY_USER = "the user set the Flight Recorder's ring to 0 (TORCH_FR_BUFFER_SIZE): dumps carry stacks only"
 
 
 def _process_group_exists() -> bool:
@@ -91,8 +101,10 @@ def prepare() -> str:
         with _lock:
             if _recorder is not None:
                 return _recorder
-            if _buffer_set(os.environ):
-                _recorder = ON  # the user's own ring
+            chosen, on = _users_ring(os.environ)
+            if chosen:
+                # The user's own ring, or the user's wish that there be none.
+                _recorder, _note = (ON, "") if on else (OFF, OFF_BY_USER)
             elif _process_group_exists():
                 _recorder, _note = LATE, LATE_NOTE
                 announce.info(f"collectives: {LATE_NOTE}")
@@ -111,8 +123,11 @@ def _recorder_state() -> tuple[str, str]:
     if _recorder is not None:
         return _recorder, _note
     # Not armed by amldbg (a crash report of a rank that only has crash hooks).
-    if _buffer_set(os.environ):
+    chosen, on = _users_ring(os.environ)
+    if on:
         return ON, ""
+    if chosen:
+        return OFF, OFF_BY_USER
     return OFF, "PyTorch's Flight Recorder was not on (TORCH_FR_BUFFER_SIZE unset)"
 
 

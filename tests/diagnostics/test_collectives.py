@@ -170,3 +170,13 @@ def test_a_script_without_torch_never_imports_it(tmp_path: Path) -> None:
     assert "buffer: 64" in result.stdout  # ready for a process group made later
     (dump,) = files
     assert "collectives" not in dump
+
+
+def test_a_ring_of_zero_the_user_set_keeps_the_recorder_off(tmp_path: Path) -> None:
+    result, files = run(tmp_path, ARM + PROCESS_GROUP + COLLECTIVES + DUMP, TORCH_FR_BUFFER_SIZE="0")
+    assert result.returncode == 0, result.stderr
+    assert "buffer: 0" in result.stdout
+    section = files[0]["collectives"]
+    assert section["recorder"] == "off"
+    assert "ring to 0" in section["note"]
+    assert all(not g["entries"] for g in section["groups"])

@@ -1,0 +1,112 @@
+"""Figures for collectives in the dumps: the cost of PyTorch's Flight Recorder ring that amldbg
+turns on when a stall report or the on-demand triggers are armed.
+
+A collective-heavy loop (gloo, 2 ranks on 127.0.0.1, one ``all_reduce`` of a 64 KiB gradient
+per step and a small matrix product) runs with amldbg's stall report armed before the process
+group, once with the ring on (amldbg's default, ``TORCH_FR_BUFFER_SIZE=64``) and once with it
+off (``TORCH_FR_BUFFER_SIZE=0``), in interleaved rounds; each round starts both ranks afresh
+(torch reads the ring size once per process). The figure is the speed with the ring on /
+off (goal >= 0.99), from the wall time of rank 0's loop after a barrier.
+
+The stall report's latency with the collectives in it (goal <= 2 s) is bench_stall.py's
+"dump latency" row: its sample arms amldbg before ``init_process_group``, so every dump there
+carries the Flight Recorder's record.
+
+Run: python benchmarks/bench_collectives.py [--quick]   (talks only to 127.0.0.1)
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import textwrap
+
+from _common import PY, Ratio, child_env, goal_text, parse_quick, ratio
+
+LOOP = textwrap.dedent("""
+    import json, os, sys, time
+    steps = int(sys.argv[1])
+    import amldbg
+    amldbg.enable_remote_debug(remote_debug_stall_timeout=600)
+    import torch, torch.distributed as dist
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    grad = torch.ones(16 * 1024)
+    weights = torch.randn(32, 32)
+    for _ in range(50):
+        dist.all_reduce(grad)
+    dist.barrier()
+    started = time.perf_counter()
+    for _ in range(steps):
+        weights = torch.tanh(weights @ weights) * 0.5
+        dist.all_reduce(grad)
+    elapsed = time.perf_counter() - started
+    if dist.get_rank() == 0:
+        print("RESULT " + json.dumps({"seconds": elapsed, "steps": steps,
+                                      "ring": os.environ.get("TORCH_FR_BUFFER_SIZE")}), flush=True)
+    dist.destroy_process_group()
+""")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _loop_seconds(steps: int, ring: str) -> float:
+    """Rank 0's loop time, both ranks started with ``TORCH_FR_BUFFER_SIZE=ring``."""
+    port = str(_free_port())
+    procs = []
+    for rank in range(2):
+        env = child_env()
+        env.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=port, TORCH_FR_BUFFER_SIZE=ring, OMP_NUM_THREADS="1")
+        procs.append(subprocess.Popen([PY, "-c", LOOP, str(steps)], env=env, text=True,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    try:
+        outputs = [proc.communicate(timeout=600) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for proc, (_, err) in zip(procs, outputs):
+        if proc.returncode != 0:
+            raise RuntimeError(f"a rank failed ({proc.returncode}): {err[-2000:]}")
+    line = next(x for x in outputs[0][0].splitlines() if x.startswith("RESULT "))
+    result = json.loads(line[len("RESULT "):])
+    if result["ring"] != ring:
+        raise RuntimeError(f"the ring size was {result['ring']!r}, not {ring!r}")
+    return float(result["seconds"])
+
+
+def ring_cost(quick: bool = False) -> Ratio:
+    """Print and return the loop's speed with the Flight Recorder ring on / off."""
+    rounds, steps = (2, 300) if quick else (10, 4_000)
+    pairs = []
+    on_times = []
+    for index in range(rounds):
+        # ABBA: a drift of the machine hits both alike.
+        order = ("64", "0") if index % 2 == 0 else ("0", "64")
+        times = {ring: _loop_seconds(steps, ring) for ring in order}
+        pairs.append((times["0"], times["64"]))
+        on_times.append(times["64"])
+    speed = ratio(pairs)
+    per_step = min(on_times) / steps
+    print(f"collective-heavy loop (gloo, 2 ranks, {per_step * 1e6:.0f} us per step, one all_reduce "
+          f"of 64 KiB each): speed with the Flight Recorder ring on (64 entries) vs off: "
+          f"{speed.text()} (goal >= 0.99: {goal_text(speed.median >= 0.99)})")
+    return speed
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print every figure of this benchmark."""
+    quick = parse_quick(__doc__ or "", argv)
+    ring_cost(quick)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
