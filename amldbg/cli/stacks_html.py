@@ -197,7 +197,8 @@ class _Payload:
             groups.append([
                 self.s(group.get("process_group", group.get("pg", "?")), 200),
                 self.s(group.get("pg", ""), 200),
-                ranks_text(_ranks(group.get("ranks"))) if "ranks" in group else None,
+                (ranks_text(_ranks(group.get("ranks"))) if "ranks" in group
+                 else _int(group.get("size"))),
                 _int(group.get("last_enqueued")), _int(group.get("last_started")),
                 _int(group.get("last_completed")), entries,
             ])
@@ -233,11 +234,12 @@ def _verdict(result: Mapping[str, Any]) -> Tuple[str, List[Tuple[str, str, List[
         if len(items) > MAX_LINES:
             lines.append((kind, f"{len(items) - MAX_LINES} more {what} not listed", []))
 
-    collective_lines = [(_text(line), []) for line in _list(result.get("collective_lines"))]
-    if not collective_lines:
+    findings = [_mapping(item) for item in _list(result.get("collectives"))]
+    collective_lines = [(_text(line), _named_by(line, findings)) for line in _list(result.get("collective_lines"))]
+    given = bool(collective_lines)
+    if not given:
         # An older analyse() without the text lines: say the verdict from the records.
-        for item in _list(result.get("collectives")):
-            item = _mapping(item)
+        for item in findings:
             missing = _ranks(item.get("missing"))
             mismatch = [_mapping(m) for m in _list(item.get("mismatch"))]
             if not missing and not mismatch:
@@ -291,9 +293,27 @@ def _verdict(result: Mapping[str, Any]) -> Tuple[str, List[Tuple[str, str, List[
             [] if rank is None else [rank],
         ))
     add("crash", crashes, "crash reports")
-    for line in _recorder_lines(result.get("recorder")):
-        lines.append(("recorder", line, []))
+    if not given:
+        # The collective lines say what the recorder recorded; without them, say it here.
+        for line in _recorder_lines(result.get("recorder")):
+            lines.append(("recorder", line, []))
     return _text(summary), lines
+
+
+def _named_by(line: Any, findings: Sequence[Mapping[str, Any]]) -> List[int]:
+    """The rank a click on a collective line opens: the first one the line's finding names
+    (``collective #4 ... in default_pg: rank 3 never entered it``)."""
+    text = _text(line)
+    for finding in findings:
+        seq, group = _int(finding.get("seq")), _text(finding.get("process_group", ""), 200)
+        if seq is None or not text.startswith(f"collective #{seq} ") or f" in {group}: " not in text:
+            continue
+        if "never entered" in text:
+            named = _ranks(finding.get("missing"))
+        else:
+            named = [r for m in _list(finding.get("mismatch")) for r in _ranks(_mapping(m).get("ranks"))]
+        return sorted(named)[:1]
+    return []
 
 
 def _recorder_lines(recorder: Any) -> List[str]:
@@ -305,6 +325,13 @@ def _recorder_lines(recorder: Any) -> List[str]:
         return [_text(f"collectives: {recorder}", 500)]
     if isinstance(recorder, (list, tuple)):
         return [_text(f"collectives: {line}", 500) for line in recorder[:MAX_LINES] if line]
+    if isinstance(recorder, Mapping) and isinstance(recorder.get("states"), Mapping):
+        # analyse()'s summary: {"states": {"on": [0, 1], "late": [2]}, "notes": ..., "none": [3]}
+        parts = [f"{_text(state, 40)} on {_ranks_phrase(_ranks(ranks))}"
+                 for state, ranks in list(recorder["states"].items())[:MAX_LINES]]
+        if _ranks(recorder.get("none")):
+            parts.append(f"no record from {_ranks_phrase(_ranks(recorder.get('none')))}")
+        return [_text("Flight Recorder: " + "; ".join(parts), 1000)] if parts else []
     if isinstance(recorder, Mapping):
         parts = []
         for state, value in list(recorder.items())[:MAX_LINES]:
@@ -402,6 +429,7 @@ def _data(result: Mapping[str, Any]) -> Dict[str, Any]:
         processes.append([
             rank, pid, payload.s(raw.get("host", ""), 200), payload.s(raw.get("reason", ""), 40),
             payload.s(raw.get("time", ""), 60), group, threads, payload.record(raw.get("collectives")),
+            payload.s(raw.get("recorder") or "", 40),
         ])
     for number, group in enumerate(groups):
         if number not in stacks:
@@ -489,7 +517,8 @@ def render(result: Mapping[str, Any]) -> str:
     )
     return "".join([
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n",
-        f'<meta http-equiv="Content-Security-Policy" content="{e(csp)}">\n',
+        # The policy is this module's own text: no quote or markup to escape in it.
+        f'<meta http-equiv="Content-Security-Policy" content="{csp}">\n',
         '<meta name="referrer" content="no-referrer">\n',
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n',
         f"<title>amldbg stacks: {e(summary)}</title>\n",
@@ -956,8 +985,10 @@ function processBlock(p, several) {
   box.appendChild(el("div", "meta", meta.join(" \u00b7 ")));
   box.appendChild(el("h3", null, "threads (" + p[6].length + ")"));
   p[6].forEach(function (ti) { box.appendChild(threadBlock(D.threads[ti])); });
+  var state = s(p[8]);
+  if (state && state !== "on") box.appendChild(el("p", "meta", "Flight Recorder: " + state + " (this rank's collectives are not compared)"));
   if (p[7] >= 0) box.appendChild(recordBlock(D.records[p[7]]));
-  else box.appendChild(el("p", "meta", "no collective record in this dump"));
+  else if (!state || state === "on") box.appendChild(el("p", "meta", "no collective record in this dump"));
   return box;
 }
 function threadBlock(t) {
@@ -1000,7 +1031,8 @@ function recordBlock(groups) {
       if ((s(c.pgid) && s(c.pgid) === s(g[1])) || s(c.pg) === s(g[0])) verdictSeq.add(c.seq);
     });
     var head = s(g[0]) + (s(g[1]) && s(g[1]) !== s(g[0]) ? " (pg " + s(g[1]) + ")" : "");
-    if (g[2] !== null) head += " \u00b7 ranks " + g[2];
+    if (typeof g[2] === "string") head += " \u00b7 ranks " + g[2];
+    else if (typeof g[2] === "number") head += " \u00b7 " + plural(g[2], "member");
     head += " \u00b7 last enqueued " + dash(g[3]) + ", started " + dash(g[4]) + ", completed " + dash(g[5]);
     box.appendChild(el("div", "meta", head));
     var table = el("table", "coll"), tr = el("tr");

@@ -45,8 +45,10 @@ def _first_int(env: Mapping[str, str], *names: str) -> int | None:
 class Topology:
     """Where this process sits in a (possibly) distributed job.
 
-    ``launcher`` names what set the variables: ``"torchrun"``, ``"mpi"``, ``"azureml"``
-    or ``"single"`` when nothing did.
+    ``launcher`` names what numbered the process: ``"torchrun"``, ``"deepspeed"``,
+    ``"accelerate"``, ``"lightning"``, ``"per-node"``, ``"mpi"``, ``"spawn"``,
+    ``"azureml"``, ``"torch.distributed"`` (a process group and no launcher variables) or
+    ``"single"`` when nothing did (see :func:`topology`).
     """
 
     rank: int = 0
@@ -62,58 +64,189 @@ class Topology:
         return self.world_size > 1
 
 
+# Variables only some launchers set, which tell them apart (the rank variables are shared).
+_DEEPSPEED_MARKERS = ("CROSS_RANK", "LOCAL_SIZE")  # deepspeed.launcher.launch
+_ACCELERATE_MARKERS = ("ACCELERATE_MIXED_PRECISION", "ACCELERATE_DYNAMO_BACKEND")
+_LIGHTNING_MODULES = ("lightning", "pytorch_lightning", "lightning_fabric")
+
+
 def topology(env: Mapping[str, str] | None = None) -> Topology:
-    """Read this process's rank and peers from the variables the launchers set.
+    """This process's rank and peers, as the launcher that started it numbers them.
 
-    The first launcher whose variables are present wins:
+    What each launcher sets, and which value wins (first match, top to bottom):
 
-    1. torchrun / ``torch.distributed`` and Azure ML's PyTorch distribution: ``RANK``,
-       ``LOCAL_RANK``, ``WORLD_SIZE``, ``LOCAL_WORLD_SIZE``, and the node index from
-       ``GROUP_RANK`` (torchrun) or ``NODE_RANK`` (Azure ML). With ``LOCAL_RANK`` but no
-       ``RANK`` (a per-node launcher), the global rank is ``node * local size + local rank``.
+    1. ``RANK`` (or ``LOCAL_RANK`` alone), with ``LOCAL_RANK``, ``WORLD_SIZE``,
+       ``LOCAL_WORLD_SIZE`` and the node index from ``GROUP_RANK``/``NODE_RANK``:
+
+       * torchrun (and ``accelerate launch --multi_gpu``, which runs torchrun's code) sets
+         ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``LOCAL_WORLD_SIZE``, ``GROUP_RANK``,
+         ``ROLE_RANK``, ``TORCHELASTIC_RUN_ID``, ``MASTER_ADDR``/``PORT``; Azure ML's PyTorch
+         distribution sets ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``NODE_RANK``.
+       * DeepSpeed's ``deepspeed`` launcher sets ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``,
+         ``LOCAL_SIZE`` (its local world size) and ``CROSS_RANK``/``CROSS_SIZE`` (node index
+         and count), and passes ``--local_rank=N``: ``launcher`` is ``"deepspeed"``.
+       * PyTorch Lightning's DDP launcher (``_SubprocessScriptLauncher``) re-runs the script
+         for local ranks 1.. with ``LOCAL_RANK``, ``NODE_RANK``, ``WORLD_SIZE`` and
+         ``MASTER_ADDR``/``PORT`` and *no* ``RANK``; the user's own process is local rank 0
+         and gets the same variables set in-process when ``Trainer.fit`` starts (it has none
+         before). Without ``RANK`` the global rank is ``node * LOCAL_WORLD_SIZE + local
+         rank``, exact on one node; ``launcher`` is ``"lightning"`` when Lightning is
+         imported, else ``"per-node"``.
+       * ``accelerate launch`` sets ``ACCELERATE_*`` variables beside the launcher's own
+         (torchrun's above, or MPI's below with ``--cpu --mpirun_hostfile``), and
+         ``Accelerator()`` then sets ``RANK``/``LOCAL_RANK``/``WORLD_SIZE`` in-process from
+         them: ``launcher`` is ``"accelerate"``.
     2. Open MPI (Azure ML's MPI jobs): ``OMPI_COMM_WORLD_RANK``, ``_LOCAL_RANK``, ``_SIZE``,
        ``_LOCAL_SIZE``. ``OMPI_COMM_WORLD_NODE_RANK`` is *not* a node index (it counts
        processes on the node across jobs), so the node is ``rank // local size``, which
        holds for mpirun's default by-slot placement.
-    3. MPICH / Intel MPI: ``PMI_RANK``, ``PMI_SIZE``, ``MPI_LOCALRANKID``, ``MPI_LOCALNRANKS``.
+    3. MPICH / Intel MPI (``mpiexec``, ``accelerate launch --cpu --mpirun_hostfile``):
+       ``PMI_RANK``, ``PMI_SIZE``, ``MPI_LOCALRANKID``, ``MPI_LOCALNRANKS``.
     4. Azure ML's per-node index ``AZ_BATCHAI_TASK_INDEX`` (the worker index of an SDK v1
        ``PyTorchConfiguration`` job or a multi-node step) with ``AZUREML_NODE_COUNT`` as the
        world size: one process per node is assumed.
 
+    For this process's own topology (``env`` omitted, or ``os.environ`` itself), two facts
+    of the process come on top, and win over the variables:
+
+    * ``torch.multiprocessing.spawn`` sets no variable: it calls ``fn(i, *args)`` in each
+      child through its ``_wrap``, and the child's ``multiprocessing.current_process()``
+      still holds that target and its arguments. When the target is torch's ``_wrap``,
+      ``i`` is the local rank (and, before the process group exists, the rank; the world
+      size is then only known to be at least ``i + 1``); ``launcher`` is ``"spawn"``.
+      Variables inherited from the parent are kept only when their ``LOCAL_RANK`` is ``i``.
+      (``current_process()._identity`` is not used: it counts every process the parent
+      ever started, so an earlier ``Pool`` or a parallel start shifts it.)
+    * Once ``torch.distributed`` is imported and its default process group exists, its
+      ``get_rank()`` and ``get_world_size()`` are the rank and world size, whatever the
+      variables said (a per-node launcher on several nodes, spawn, a script that passed
+      ``rank=`` itself). torch is never imported here: only an already loaded
+      ``torch.distributed`` is asked, and any failure leaves the answer above.
+
     A process with none of them is rank 0 of 1. A value that is not an integer is ignored.
+    Cheap (a few dictionary look-ups), safe from any thread, and never raises.
     """
+    own = env is None or env is os.environ
     env = os.environ if env is None else env
+    found = _from_variables(env, own)
+    if not own:
+        return found
+    index = _spawn_index()
+    if index is not None:
+        found = _spawned(found, index)
+    return _from_process_group(found)
+
+
+def _from_variables(env: Mapping[str, str], own: bool) -> Topology:
     if _first_int(env, "RANK", "LOCAL_RANK") is not None:
-        local_rank = _first_int(env, "LOCAL_RANK")
-        local_world = _first_int(env, "LOCAL_WORLD_SIZE")
-        node = _first_int(env, "GROUP_RANK", "NODE_RANK")
-        rank = _first_int(env, "RANK")
-        if rank is None:
-            # Only a per-node launcher ran: derive the global rank where the layout is known.
-            rank = (local_rank or 0) + (node or 0) * (local_world or 1)
-        world = _first_int(env, "WORLD_SIZE") or max(rank + 1, local_world or 1)
-        return Topology(
-            rank=rank,
-            local_rank=rank if local_rank is None else local_rank,
-            world_size=world,
-            local_world_size=local_world or 1,
-            node_rank=node if node is not None else 0,
-            launcher="torchrun",
-        )
+        return _torch_topology(env, own)
     if _first_int(env, "OMPI_COMM_WORLD_RANK") is not None:
-        return _mpi_topology(
+        found = _mpi_topology(
             env, "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_SIZE",
             "OMPI_COMM_WORLD_LOCAL_SIZE",
         )
-    if _first_int(env, "PMI_RANK") is not None:
-        return _mpi_topology(env, "PMI_RANK", "MPI_LOCALRANKID", "PMI_SIZE", "MPI_LOCALNRANKS")
-    node = _first_int(env, "AZ_BATCHAI_TASK_INDEX")
-    if node is not None:
+    elif _first_int(env, "PMI_RANK") is not None:
+        found = _mpi_topology(env, "PMI_RANK", "MPI_LOCALRANKID", "PMI_SIZE", "MPI_LOCALNRANKS")
+    else:
+        node = _first_int(env, "AZ_BATCHAI_TASK_INDEX")
+        if node is None:
+            return Topology()
         nodes = _first_int(env, "AZUREML_NODE_COUNT") or 1
         return Topology(
             node_rank=node, rank=node, world_size=max(nodes, node + 1), launcher="azureml"
         )
-    return Topology()
+    if any(name in env for name in _ACCELERATE_MARKERS):
+        found = dataclasses.replace(found, launcher="accelerate")
+    return found
+
+
+def _torch_topology(env: Mapping[str, str], own: bool) -> Topology:
+    deepspeed = all(name in env for name in _DEEPSPEED_MARKERS)
+    local_rank = _first_int(env, "LOCAL_RANK")
+    # DeepSpeed names the local world size and the node index its own way; the names are
+    # generic enough that they are read only beside DeepSpeed's other variables.
+    extra = ("LOCAL_SIZE", "CROSS_RANK") if deepspeed else ()
+    local_world = _first_int(env, "LOCAL_WORLD_SIZE", *extra[:1])
+    node = _first_int(env, "GROUP_RANK", "NODE_RANK", *extra[1:])
+    rank = _first_int(env, "RANK")
+    launcher = "torchrun"
+    if rank is None:
+        # Only a per-node launcher ran: derive the global rank where the layout is known.
+        rank = (local_rank or 0) + (node or 0) * (local_world or 1)
+        launcher = "per-node"
+        if own and any(name in sys.modules for name in _LIGHTNING_MODULES):
+            launcher = "lightning"
+    if deepspeed:
+        launcher = "deepspeed"
+    elif any(name in env for name in _ACCELERATE_MARKERS):
+        launcher = "accelerate"
+    world = _first_int(env, "WORLD_SIZE") or max(rank + 1, local_world or 1)
+    return Topology(
+        rank=rank,
+        local_rank=rank if local_rank is None else local_rank,
+        world_size=world,
+        local_world_size=local_world or 1,
+        node_rank=node if node is not None else 0,
+        launcher=launcher,
+    )
+
+
+def _spawn_index() -> int | None:
+    """The ``i`` that ``torch.multiprocessing.spawn`` passes to ``fn`` in this child, else None."""
+    wrap = getattr(sys.modules.get("torch.multiprocessing.spawn"), "_wrap", None)
+    process_module = sys.modules.get("multiprocessing.process")
+    if wrap is None or process_module is None:
+        return None
+    try:
+        # The Process object's own fields: a property of a subclass would be script code.
+        fields = vars(process_module.current_process())
+        target, args = fields.get("_target"), fields.get("_args")
+    except Exception:  # a damaged multiprocessing state: no spawn index
+        return None
+    # spawn calls _wrap(fn, i, args, error_file).
+    if target is not wrap or type(args) is not tuple or len(args) < 2:
+        return None
+    index = args[1]
+    return index if type(index) is int and index >= 0 else None
+
+
+def _spawned(found: Topology, index: int) -> Topology:
+    if found.launcher != "single" and found.local_rank == index:
+        # Variables set for this child (by the script's fn, or consistent by construction).
+        return dataclasses.replace(found, launcher="spawn")
+    return Topology(
+        rank=index, local_rank=index, world_size=index + 1, local_world_size=index + 1,
+        node_rank=found.node_rank, launcher="spawn",
+    )
+
+
+def _from_process_group(found: Topology) -> Topology:
+    """``found`` with the rank and world size of torch's default process group, if one exists."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is None:
+        return found
+    try:
+        is_available = getattr(dist, "is_available", None)
+        is_initialized = getattr(dist, "is_initialized", None)
+        if is_available is None or is_initialized is None or not is_available():
+            return found
+        if not is_initialized():
+            return found
+        rank, world = dist.get_rank(), dist.get_world_size()
+    except Exception:  # torch half imported, or a group being torn down: keep the variables
+        return found
+    if type(rank) is not int or type(world) is not int or not 0 <= rank < world:
+        return found
+    if found.launcher == "single":
+        # A group and no launcher: one node is the only layout that can be assumed.
+        return Topology(
+            rank=rank, local_rank=rank, world_size=world, local_world_size=world,
+            launcher="torch.distributed",
+        )
+    return dataclasses.replace(
+        found, rank=rank, world_size=world,
+        local_world_size=max(found.local_world_size, found.local_rank + 1),
+    )
 
 
 def _mpi_topology(

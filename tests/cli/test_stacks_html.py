@@ -10,15 +10,17 @@ its Content-Security-Policy.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
 from pathlib import Path
 from typing import Any
 
-import pytest
 from browser import PageLog, open_page
 
-from amldbg.cli import stacks_html
+from amldbg import cli
+from amldbg.cli import stacks, stacks_html
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOT = ROOT / "docs" / "images" / "stacks-html.png"
@@ -68,86 +70,69 @@ def _main_frames(rank: int, stuck: bool, hostile: str = "") -> list[dict[str, An
 
 def _helper_thread() -> dict[str, Any]:
     lib = "/opt/conda/lib/python3.11/threading.py"
-    return {"name": "Thread-1 (_pin_memory_loop)", "main": False, "frames": [
+    return {"name": "Thread-1 (_pin_memory_loop)", "ident": 140001, "main": False, "daemon": True, "frames": [
         _frame(lib, 1002, "_bootstrap", "self._bootstrap_inner()"),
         _frame(lib, 1045, "_bootstrap_inner", "self.run()"),
         _frame(lib, 982, "run", "self._target(*self._args, **self._kwargs)"),
     ]}
 
 
-def _record(world: int, last: int) -> list[dict[str, Any]]:
+def _collectives(world: int, last: int, op: str = "all_reduce") -> dict[str, Any]:
+    """A rank's Flight Recorder section: collectives 1..``last`` on the default group, the
+    last one not yet completed when the rank is past the others' #3."""
     entries = [
-        {"seq": seq, "op": "all_reduce", "sizes": [[4]], "dtypes": ["float"],
-         "state": "completed" if seq < last or last == 3 else "scheduled"}
+        {"seq": seq, "op": op, "sizes": [[4]], "dtypes": ["float"],
+         "state": "completed" if seq <= 3 else "scheduled"}
         for seq in range(1, last + 1)
     ]
-    return [{"process_group": "default_pg", "pg": "0", "ranks": list(range(world)),
-             "last_enqueued": last, "last_started": None, "last_completed": min(last, 3),
-             "entries": entries}]
+    return {"recorder": "on", "backend": "gloo", "groups": [{
+        "process_group": "default_pg", "pg": "0", "ranks": list(range(world)),
+        "last_enqueued": last, "last_started": None, "last_completed": min(last, 3),
+        "entries": entries,
+    }]}
 
 
-def make_result(world: int, outlier: int = 3, missing: int = 0, hostile: str = "") -> dict[str, Any]:
-    """What analyse(collector, detail=True) says of a job of ``world`` ranks where rank
-    ``outlier`` is stuck in user code before collective #4 and the last ``missing`` ranks
-    wrote no dump."""
-    dumped = list(range(world - missing))
-    host = lambda rank: f"node-{rank // 8}{hostile}"  # noqa: E731
-    details = []
-    for rank in dumped:
+def job_dumps(world: int, outlier: int = 3, missing: int = 0, hostile: str = "") -> list[dict[str, Any]]:
+    """The stall reports of a job of ``world`` ranks (the dump schema amldbg writes) where
+    rank ``outlier`` is stuck in user code before collective #4, which the others entered,
+    and the last ``missing`` ranks wrote none."""
+    dumps = []
+    for rank in range(world - missing):
         stuck = rank == outlier
-        details.append({
-            "rank": rank, "pid": 4000 + rank, "host": host(rank), "reason": "stall",
-            "time": f"2026-05-04T10:00:{rank % 60:02d}.{rank % 1000:03d}+00:00", "group": 1 if stuck else 0,
+        dumps.append({
+            "amldbg_stacks": 1, "reason": "stall", "detail": "no progress for 600 s",
+            "time": f"2026-05-04T10:{rank // 60 % 60:02d}:{rank % 60:02d}.{rank % 1000:03d}+00:00",
+            "seq": 1, "rank": rank, "local_rank": rank % 8, "world_size": world,
+            "node_rank": rank // 8, "launcher": "torchrun", "pid": 4000 + rank,
+            "host": f"node-{rank // 8}{hostile}",
             "threads": [
-                {"name": "MainThread", "main": True, "frames": _main_frames(rank, stuck, hostile)},
+                {"name": "MainThread", "ident": 140000, "main": True, "daemon": False,
+                 "frames": _main_frames(rank, stuck, hostile)},
                 _helper_thread(),
             ],
-            "collectives": _record(world, 3 if stuck else 4),
+            "collectives": _collectives(world, 3 if stuck else 4),
         })
-    groups = []
-    for number, members in enumerate(([d for d in details if d["group"] == 0], [d for d in details if d["group"] == 1])):
-        main = members[0]["threads"][0]["frames"]
-        user = [f for f in main if not f["library"]]
-        groups.append({
-            "ranks": [d["rank"] for d in members],
-            "processes": [{"rank": d["rank"], "pid": d["pid"], "host": d["host"]} for d in members],
-            "frame": _label(user[-1]),
-            "stack": [_label(f) for f in main],
-            "reasons": ["stall"],
-            "dumps": [{"rank": d["rank"], "pid": d["pid"], "host": d["host"], "time": d["time"],
-                       "reason": "stall", "source": f"stacks-rank{d['rank']}-pid{d['pid']}-1.json"}
-                      for d in members],
-        })
-    line = COLLECTIVE_LINE.replace("wait_for_shard", "wait_for_shard" + hostile)
-    return {
-        "groups": groups,
-        "outliers": [outlier],
-        "outlier_processes": [{"rank": outlier, "pid": 4000 + outlier, "host": host(outlier),
-                               "frame": groups[1]["frame"]}],
-        "shared_ranks": [],
-        "missing": list(range(world - missing, world)),
-        "world_size": world,
-        "crashes": [],
-        "collectives": [{
-            "process_group": "default_pg", "pg": "0", "seq": 4, "op": "all_reduce",
-            "sizes": [[4]], "dtypes": ["float"], "entered": [r for r in dumped if r != outlier],
-            "missing": [outlier], "missing_at": {str(outlier): groups[1]["frame"]}, "mismatch": [],
-        }],
-        "collective_lines": [line],
-        "recorder": "on",
-        "ranks_detail": details,
-    }
+    return dumps
 
 
-def write_page(tmp_path: Path, result: dict[str, Any], name: str = "job.html") -> Path:
+def write_page(tmp_path: Path, dumps: list[dict[str, Any]], name: str = "job.html") -> Path:
+    """The page ``amldbg stacks DIR --html FILE`` writes for ``dumps`` (one file each, as a
+    job's outputs/amldbg/ holds them)."""
+    folder = tmp_path / "outputs" / "amldbg"
+    folder.mkdir(parents=True, exist_ok=True)
+    for dump in dumps:
+        (folder / f"stacks-rank{dump['rank']}-pid{dump['pid']}-1.json").write_text(
+            json.dumps(dump), encoding="utf-8")
     page = tmp_path / name
-    page.write_text(stacks_html.render(result), encoding="utf-8")
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(["stacks", str(folder), "--html", str(page)]) == 0
+    assert page.is_file()
     return page
 
 
 def test_eight_ranks_name_the_outlier_and_the_collective(tmp_path: Path) -> None:
     log = PageLog()
-    with open_page(write_page(tmp_path, make_result(8)), log) as page:
+    with open_page(write_page(tmp_path, job_dumps(8)), log) as page:
         verdict = page.locator("#verdict")
         assert COLLECTIVE_LINE in verdict.inner_text()
         assert "outlier: rank 3 at train.py:47 in wait_for_shard" in verdict.inner_text()
@@ -170,7 +155,7 @@ def test_eight_ranks_name_the_outlier_and_the_collective(tmp_path: Path) -> None
 
 
 def test_click_on_a_rank_shows_its_threads_frames_values_and_collectives(tmp_path: Path) -> None:
-    with open_page(write_page(tmp_path, make_result(8))) as page:
+    with open_page(write_page(tmp_path, job_dumps(8))) as page:
         detail = page.locator("#detail")
         assert "rank = 5" not in detail.inner_text().replace("\t", " = ")
         page.locator("#grid [data-rank='5']").click()
@@ -191,7 +176,7 @@ def test_click_on_a_rank_shows_its_threads_frames_values_and_collectives(tmp_pat
 
 
 def test_flame_graph_frame_of_the_outlier_lists_its_rank(tmp_path: Path) -> None:
-    with open_page(write_page(tmp_path, make_result(8))) as page:
+    with open_page(write_page(tmp_path, job_dumps(8))) as page:
         frame = page.locator("#flame-graph .fn", has_text="train.py:47 in wait_for_shard")
         assert frame.count() == 1
         assert frame.inner_text() == "train.py:47 in wait_for_shard \u2014 rank 3"
@@ -215,7 +200,7 @@ def test_flame_graph_frame_of_the_outlier_lists_its_rank(tmp_path: Path) -> None
 
 
 def test_1024_ranks_stay_readable(tmp_path: Path) -> None:
-    with open_page(write_page(tmp_path, make_result(1024, outlier=700, missing=4))) as page:
+    with open_page(write_page(tmp_path, job_dumps(1024, outlier=700, missing=4))) as page:
         verdict = page.locator("#verdict").inner_text()
         assert "outlier: rank 700 at train.py:47 in wait_for_shard" in verdict
         assert "no dump from ranks 1020-1023" in verdict
@@ -257,13 +242,18 @@ HOSTILE = "</script><script>window.__pwned=1;alert(1)</script><img src=x onerror
 
 
 def test_hostile_strings_are_text_and_run_nothing(tmp_path: Path) -> None:
-    result = make_result(8, hostile=HOSTILE)
-    result["groups"][1]["reasons"] = ["stall" + HOSTILE]
-    result["crashes"] = [{"rank": 3, "pid": 4003, "host": HOSTILE, "time": HOSTILE, "exception": "ValueError: " + HOSTILE,
-                          "frame": HOSTILE, "where": HOSTILE, "file": HOSTILE}]
-    result["recorder"] = {"late" + HOSTILE: [2]}
-    result["ranks_detail"][3]["collectives"][0]["entries"][0]["op"] = HOSTILE
-    page_file = write_page(tmp_path, result)
+    dumps = job_dumps(8, hostile=HOSTILE)
+    dumps[3]["reason"] = "stall" + HOSTILE
+    dumps[3]["collectives"]["groups"][0]["entries"][0]["op"] = "gloo:" + HOSTILE
+    dumps[3]["collectives"]["groups"][0]["process_group"] = "default_pg" + HOSTILE
+    dumps[2]["collectives"] = {"recorder": "late", "note": "late" + HOSTILE}
+    crash = {"amldbg_crash": 1, "rank": 3, "pid": 4003, "host": "node-0", "time": "2026-05-04T10:00:09+00:00",
+             "exception": "ValueError: " + HOSTILE, "where": "main thread" + HOSTILE,
+             "frames": [_frame(TRAIN, 47, "wait_for_shard" + HOSTILE)]}
+    folder = tmp_path / "outputs" / "amldbg"
+    folder.mkdir(parents=True)
+    (folder / "crash-rank3-pid4003.json").write_text(json.dumps(crash), encoding="utf-8")
+    page_file = write_page(tmp_path, dumps)
     source = page_file.read_text(encoding="utf-8")
     # One <script> element of data and one of code; nothing else can start or end one.
     assert source.count("<script") == 2 and source.count("</script>") == 2
@@ -303,9 +293,15 @@ def test_the_network_guard_sees_a_request(tmp_path: Path) -> None:
     assert log.dialogs == ["hi"]
 
 
-def test_page_is_self_contained_and_data_written_once() -> None:
-    result = make_result(256)
-    page = stacks_html.render(result)
+def analysed(tmp_path: Path, dumps: list[dict[str, Any]]) -> dict[str, Any]:
+    """analyse(detail=True) of ``dumps`` read from their files."""
+    for dump in dumps:
+        (tmp_path / f"stacks-rank{dump['rank']}-pid{dump['pid']}-1.json").write_text(json.dumps(dump), encoding="utf-8")
+    return stacks.analyse(stacks.collect([str(tmp_path)], io.StringIO(), detail=True), detail=True)
+
+
+def test_page_is_self_contained_and_data_written_once(tmp_path: Path) -> None:
+    page = stacks_html.render(analysed(tmp_path, job_dumps(256)))
     # Nothing to fetch: no URL of any scheme, no src or href, and a policy that forbids it.
     assert not re.search(r"\b(src|href)\s*=", page)
     assert not re.search(r"(https?|ftp|wss?)://", page)
@@ -314,7 +310,8 @@ def test_page_is_self_contained_and_data_written_once() -> None:
     data = json.loads(re.search(r'id="amldbg-data">(.*?)</script>', page, re.S).group(1))  # type: ignore[union-attr]
     # 256 ranks share two main-thread stacks and one helper thread: each frame list once.
     assert len(data["stacks"]) == 3
-    assert page.count("c10d_logger.py") == 1
+    assert page.count(f"{TORCH}/c10d_logger.py") == 1
+    assert page.count('"c10d_logger.py:83 in _exception_logger.\\u003clocals\\u003e.wrapper"') == 1
     assert len(data["procs"]) == 256
 
 
@@ -327,7 +324,6 @@ def test_render_survives_odd_results() -> None:
         assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
 
 
-@pytest.mark.parametrize("world", [4096])
-def test_4096_ranks_page_stays_small(world: int) -> None:
-    page = stacks_html.render(make_result(world, outlier=1234, missing=16))
+def test_4096_ranks_page_stays_small(tmp_path: Path) -> None:
+    page = stacks_html.render(analysed(tmp_path, job_dumps(4096, outlier=1234, missing=16)))
     assert len(page.encode("utf-8")) < 3 * 1024 * 1024
