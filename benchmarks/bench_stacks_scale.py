@@ -54,14 +54,15 @@ def _frame(file: str, line: int, function: str, code: str, values: dict[str, str
     return frame
 
 
-def _padded(frames: list[dict[str, Any]], first_line: int, function: str) -> list[dict[str, Any]]:
-    """``frames`` under enough library frames to make :data:`FRAMES` (a deep real stack)."""
-    outer = [
+def _padded(frames: list[dict[str, Any]], at: int, first_line: int, function: str) -> list[dict[str, Any]]:
+    """``frames`` with library frames inserted at index ``at`` to make :data:`FRAMES` (the
+    framework between the user's code and where it waits)."""
+    middle = [
         _frame(f"{LIB}/nn/modules/module.py", first_line + 7 * i, f"{function}_{i}",
                f"return forward_call(*args, **kwargs)  # level {i}")
         for i in range(FRAMES - len(frames))
     ]
-    return outer + frames
+    return frames[:at] + middle + frames[at:]
 
 
 def _user_values(kind: str) -> dict[str, str]:
@@ -96,7 +97,7 @@ def _main_thread(kind: str) -> list[dict[str, Any]]:
                    "work.wait()", {"tensor": "<Tensor shape=(4096, 1024) dtype=torch.float32 device=cpu>",
                                    "op": "<RedOpType.SUM: 0>", "group": "None", "async_op": "False"}),
         ]
-    return _padded(inner, 1700, "_call_impl")
+    return _padded(inner, 1 if kind == "stuck" else 3, 1700, "_call_impl")
 
 
 def _other_thread(name: str) -> list[dict[str, Any]]:
@@ -109,7 +110,7 @@ def _other_thread(name: str) -> list[dict[str, Any]]:
                {"self": "<Condition(<unlocked _thread.lock object>, 1)>", "timeout": "4.99",
                 "waiter": "<_thread.lock object>", "gotit": "False"}),
     ]
-    return _padded(inner, 400, "_wrapped")
+    return _padded(inner, 2, 400, "_wrapped")
 
 
 def _entries(last: int, op_at_last: str, sizes: list[list[int]]) -> list[dict[str, Any]]:

@@ -28,7 +28,17 @@ from __future__ import annotations
 
 import bisect
 import json
-from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import (
+    Any,
+    Callable,
+    Collection,
+    Iterable,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Tuple,
+)
 
 from amldbg.core import safetext
 
@@ -42,12 +52,16 @@ MAX_FINDING_LINES = 32
 
 ON = "on"
 
-# What the report calls each state of the recorder ("the Flight Recorder was off on ...").
-_STATE_WORDS = {
-    "late": "armed late",
-    "off": "off",
-    "unavailable": "unavailable",
-    "error": "unreadable",
+#: The state of a rank whose dump's collectives section was damaged (dropped when read).
+DAMAGED = "damaged"
+
+# How the report says each state of the recorder ("the Flight Recorder was off on ...").
+_STATE_TEXTS = {
+    "late": "the Flight Recorder was armed late on {who}",
+    "off": "the Flight Recorder was off on {who}",
+    "unavailable": "the Flight Recorder was unavailable on {who}",
+    "error": "the Flight Recorder could not be read on {who}",
+    DAMAGED: "the collectives in the dumps of {who} were damaged",
 }
 
 # (op, sizes, dtypes): what two ranks must share to have called the same collective.
@@ -214,12 +228,20 @@ def verdict(
     records: Mapping[int, Record],
     dumped: Iterable[int],
     where: Callable[[int], str | None],
+    in_collective: Callable[[int], bool] = lambda rank: False,
 ) -> list[dict[str, Any]]:
     """The findings, one per process group that diverges or where every member waits.
 
     ``records``: each rank's parsed section (ranks that dumped without one are left out);
     ``dumped``: every rank that dumped at all; ``where(rank)``: the innermost user frame of
-    that rank's main thread (``train.py:47 in wait_for_shard``), or ``None``.
+    that rank's main thread (``train.py:47 in wait_for_shard``), or ``None``;
+    ``in_collective(rank)``: whether its main thread is inside ``torch.distributed``.
+
+    "Every member waits in it" needs every member's last collective not completed. NCCL's
+    watchdog records completions as they happen; gloo's recorder marks a collective
+    completed only later (one that returned still reads as not completed), so with any
+    backend but NCCL every member's main thread must also be inside ``torch.distributed``:
+    ranks that all returned and hang elsewhere are not said to wait in a collective.
     """
     dumped_ranks = set(dumped)
     by_pg: dict[str, dict[int, Group]] = {}
@@ -230,15 +252,19 @@ def verdict(
             by_pg.setdefault(group.pg, {}).setdefault(rank, group)
     findings = []
     for pg in sorted(by_pg, key=_pg_order):
-        found = _judge(pg, by_pg[pg], dumped_ranks, where)
+        trusted = {rank for rank in by_pg[pg] if records[rank].backend == "nccl" or in_collective(rank)}
+        found = _judge(pg, by_pg[pg], dumped_ranks, where, trusted)
         if found is not None:
             findings.append(found)
     return findings
 
 
 def _judge(
-    pg: str, reporters: Mapping[int, Group], dumped: set[int], where: Callable[[int], str | None]
+    pg: str, reporters: Mapping[int, Group], dumped: set[int], where: Callable[[int], str | None],
+    waits: Collection[int],
 ) -> dict[str, Any] | None:
+    """The finding of one process group (``waits``: the ranks whose "not completed" can be
+    believed, see :func:`verdict`), else ``None``."""
     known = _most_common(g.ranks for g in reporters.values() if g.ranks is not None)
     members = set(reporters) | set(known or ())
     compared = [_Member(rank, reporters[rank]) for rank in sorted(reporters)]
@@ -246,7 +272,7 @@ def _judge(
     last = compared[0].last
     waiting = (
         seq is None and last >= 0 and len(reporters) == len(members) >= 2
-        and all(m.last == last and m.completed < last for m in compared)
+        and all(m.last == last and m.completed < last and m.rank in waits for m in compared)
     )
     if seq is None and not waiting:
         return None
@@ -351,15 +377,15 @@ def finding_lines(finding: Mapping[str, Any]) -> list[str]:
 def _recorder_lines(summary: Mapping[str, Any], compared: int, findings: int) -> list[str]:
     states: Mapping[str, Sequence[int]] = summary["states"]
     on = bool(states.get(ON))
-    tail = "their collectives are not compared" if on else "stacks only"
+    tail = "not compared" if on else "stacks only"
     lines = []
     for state, ranks in sorted(states.items(), key=lambda item: min(item[1])):
         if state == ON:
             continue
-        word = _STATE_WORDS.get(state, f"'{state}'")
+        text = _STATE_TEXTS.get(state, "the Flight Recorder was '{state}' on {who}")
         note = summary["notes"].get(state)
         because = f" ({safetext.shorten(note, 200)})" if note else ""
-        lines.append(f"collectives: the Flight Recorder was {word} on {who(ranks)}{because}: {tail}")
+        lines.append(f"collectives: {text.format(who=who(ranks), state=state)}{because}: {tail}")
     if summary["none"]:
         lines.append(f"collectives: no record from {who(summary['none'])} (an older amldbg, or "
                      f"no torch.distributed): {tail}")

@@ -49,6 +49,8 @@ exit status: 0 when dumps or crash reports were found, 1 when none, 2 for unread
 # Files worth reading below a folder: dumps and crash reports, and logs.
 _SUFFIXES = (".json", ".txt", ".log", ".out", ".err")
 _LIBRARY = re.compile(r"(site|dist)-packages|[/\\]lib[/\\]python\d|[/\\]amldbg[/\\]|^<frozen ")
+# A frame of torch.distributed: a main thread in it is inside a collective (or a barrier).
+_TORCH_DISTRIBUTED = re.compile(r"[/\\]torch[/\\]distributed[/\\]")
 # A file amldbg writes a dump or a crash report to (stacks-rank0-pid42-1.json, crash-rank0-pid42.json).
 _DUMP_FILE = re.compile(r"^(stacks|crash)-.*\.json$", re.IGNORECASE)
 # Ranks, pids and world sizes beyond this are not real.
@@ -113,6 +115,9 @@ _MAX_GROUPS = 64
 _MAX_ENTRIES = 16
 _MAX_MEMBERS = 100_000
 _MAX_TENSORS = 64
+# isinstance(x, Mapping) runs typing's ABC check for every value; a dict (what JSON gives)
+# is found first.
+_MAPPING = (dict, Mapping)
 # A tensor dimension: any size a real tensor has (an int64), not just a rank-sized number.
 _MAX_DIM = 2**63 - 1
 
@@ -176,7 +181,7 @@ class Shared:
 
 
 def _locals_key(raw: Any) -> tuple[tuple[Any, Any], ...]:
-    if not isinstance(raw, Mapping):
+    if not isinstance(raw, _MAPPING):
         return ()
     items = []
     for number, (name, value) in enumerate(raw.items()):
@@ -191,7 +196,7 @@ def _locals_key(raw: Any) -> tuple[tuple[Any, Any], ...]:
 def _frame(raw: Any, shared: Shared | None = None, detail: bool = False) -> Frame | None:
     code: Any = None
     values: Any = None
-    if isinstance(raw, Mapping):
+    if isinstance(raw, _MAPPING):
         file, line, function = raw.get("file"), raw.get("line"), raw.get("function")
         library = raw.get("library")
         if detail:
@@ -288,7 +293,7 @@ def _dtypes(value: Any) -> tuple[str, ...] | None:
 
 
 def _entry(raw: Any) -> collectives.Entry:
-    if not isinstance(raw, Mapping):
+    if not isinstance(raw, _MAPPING):
         raise DamagedCollectives("an entry is not an object")
     seq = _seq(raw.get("seq"), "sequence number")
     if seq is None:
@@ -300,13 +305,28 @@ def _entry(raw: Any) -> collectives.Entry:
     )
 
 
-def _members(value: Any) -> tuple[int, ...] | None:
+def _members(value: Any, shared: Shared | None) -> tuple[int, ...] | None:
     if value is None:
         return None
     if not isinstance(value, list):
         raise DamagedCollectives("invalid ranks")
     if len(value) > _MAX_MEMBERS:
         return None  # no real group: its members are the ranks that report it
+    # The default group lists every rank, in every rank's dump: 4,096 lists of 4,096 ranks
+    # are checked once, with C loops, and kept once. A list equal to one already checked
+    # holds the same numbers (a hostile 1.0 or true for 1 reads as the 1 it equals).
+    key: Any = None
+    if shared is not None:
+        with contextlib.suppress(TypeError):  # a list in the list: checked below
+            key = ("members", tuple(value))
+            known = shared.values.get(key)
+            if known is not None:
+                return known
+    if value and set(map(type, value)) == {int} and min(value) >= 0 and max(value) <= _MAX_NUMBER:
+        found = tuple(sorted(set(value)))
+        if key is not None and shared is not None:
+            found = shared.values[key] = shared.one(found)
+        return found
     ranks = set()
     for rank in value:
         number = _count(rank)
@@ -317,7 +337,7 @@ def _members(value: Any) -> tuple[int, ...] | None:
 
 
 def _group(raw: Any, shared: Shared | None) -> collectives.Group:
-    if not isinstance(raw, Mapping):
+    if not isinstance(raw, _MAPPING):
         raise DamagedCollectives("a process group is not an object")
     pg = raw.get("pg")
     if isinstance(pg, int) and not isinstance(pg, bool):
@@ -330,10 +350,9 @@ def _group(raw: Any, shared: Shared | None) -> collectives.Group:
         entries = []
     if not isinstance(entries, list):
         raise DamagedCollectives("invalid entries")
-    ranks = _members(raw.get("ranks"))
     group = collectives.Group(
         _text(raw.get("process_group"), "process group", 100) or pg, pg,
-        shared.one(ranks) if shared is not None and ranks is not None else ranks,
+        _members(raw.get("ranks"), shared),
         _seq(raw.get("last_enqueued"), "sequence number"),
         _seq(raw.get("last_started"), "sequence number"),
         _seq(raw.get("last_completed"), "sequence number"),
@@ -348,7 +367,7 @@ def parse_collectives(raw: Any, shared: Shared | None = None) -> collectives.Rec
     :data:`_MAX_ENTRIES` entries of each, sequence numbers non-negative integers, texts
     escaped and cut. :class:`DamagedCollectives` when it is not the schema (a record read
     in part could name a rank that did nothing wrong)."""
-    if not isinstance(raw, Mapping):
+    if not isinstance(raw, _MAPPING):
         raise DamagedCollectives("not an object")
     recorder = raw.get("recorder")
     if not isinstance(recorder, str):
@@ -399,7 +418,7 @@ class Dump:
         found_main = False
         kept: list[tuple[str, bool, tuple[Frame, ...]]] = []
         for thread in threads:
-            if not isinstance(thread, Mapping):
+            if not isinstance(thread, _MAPPING):
                 continue
             main = bool(thread.get("main")) and not found_main
             if not main and (not detail or len(kept) >= _MAX_THREADS):
@@ -417,9 +436,10 @@ class Dump:
         self.threads = len(threads)
         self.collectives: collectives.Record | None = None
         self.collectives_problem: str | None = None
-        if "collectives" in raw:
+        section = raw.get("collectives")
+        if section is not None:  # absent or null: a process without torch.distributed
             try:
-                self.collectives = parse_collectives(raw["collectives"], shared)
+                self.collectives = parse_collectives(section, shared)
             except (DamagedCollectives, TypeError, RecursionError) as error:
                 self.collectives_problem = str(error) if isinstance(error, DamagedCollectives) else "damaged"
 
@@ -528,7 +548,7 @@ class Collector:
 
     def add(self, raw: Any, source: str, from_file: bool = False) -> bool:
         """Add one parsed object; False when it is neither a dump nor a crash report."""
-        if not isinstance(raw, Mapping):
+        if not isinstance(raw, _MAPPING):
             return False
         if "amldbg_stacks" in raw:
             kind = "dump"
@@ -714,6 +734,10 @@ def _collective_verdict(latest: Sequence[Dump]) -> dict[str, Any]:
         if not dump.child and dump.collectives is not None:
             chosen[dump.rank] = dump
     records = {rank: dump.collectives for rank, dump in chosen.items() if dump.collectives is not None}
+    for dump in latest:
+        # A damaged section was dropped: said as such, not as "no record".
+        if dump.collectives_problem is not None and dump.rank not in records and not dump.child:
+            records[dump.rank] = collectives.Record(collectives.DAMAGED, dump.collectives_problem, "", ())
     dumped = {d.rank for d in latest}
 
     def where(rank: int) -> str | None:
@@ -721,15 +745,36 @@ def _collective_verdict(latest: Sequence[Dump]) -> dict[str, Any]:
         frame = dump.user_frame() if dump is not None else None
         return frame.label() if frame is not None else None
 
-    findings = collectives.verdict(records, dumped, where)
+    def in_collective(rank: int) -> bool:
+        dump = chosen.get(rank)
+        return dump is not None and any(_TORCH_DISTRIBUTED.search(f.file) for f in dump.main)
+
+    findings = collectives.verdict(records, dumped, where, in_collective)
     summary = collectives.recorder_summary(records, dumped)
     lines = collectives.verdict_lines(findings, summary, collectives.compared_groups(records))
     return {"collectives": findings, "recorder": summary, "collective_lines": lines}
 
 
-def _rank_detail(dump: Dump, group: int, frames: dict[Frame, dict[str, Any]],
-                 stacks: dict[tuple[Frame, ...], list[dict[str, Any]]]) -> dict[str, Any]:
-    """One process for ``ranks_detail``; frames and stacks met before are the same objects."""
+class _Shown:
+    """The JSON of frames, stacks and process groups met before, made once: 4,096 ranks at
+    the same frames share one object per frame (the page's data stays small)."""
+
+    def __init__(self) -> None:
+        self.frames: dict[Frame, dict[str, Any]] = {}
+        self.stacks: dict[tuple[Frame, ...], list[dict[str, Any]]] = {}
+        # Keyed by identity: the groups are shared (Shared.one) and live as long as this.
+        self.groups: dict[int, tuple[collectives.Group, dict[str, Any]]] = {}
+
+    def group(self, group: collectives.Group) -> dict[str, Any]:
+        known = self.groups.get(id(group))
+        if known is None:
+            known = self.groups[id(group)] = (group, collectives.group_dict(group))
+        return known[1]
+
+
+def _rank_detail(dump: Dump, group: int, made: _Shown) -> dict[str, Any]:
+    """One process for ``ranks_detail``."""
+    frames, stacks = made.frames, made.stacks
     threads = []
     for name, main, thread_frames in dump.detail_threads or (("MainThread", True, dump.main),):
         shown = stacks.get(thread_frames)
@@ -747,7 +792,7 @@ def _rank_detail(dump: Dump, group: int, frames: dict[Frame, dict[str, Any]],
         "rank": dump.rank, "pid": dump.pid, "host": dump.host, "reason": dump.reason,
         "time": dump.time, "group": group, "threads": threads,
         "recorder": record.recorder if record is not None else None,
-        "collectives": [collectives.group_dict(g) for g in record.groups] if record is not None else [],
+        "collectives": [made.group(g) for g in record.groups] if record is not None else [],
     }
 
 
@@ -811,9 +856,8 @@ def analyse(collector: Collector, detail: bool = False) -> dict[str, Any]:
         ],
     }
     if detail:
-        frames: dict[Frame, dict[str, Any]] = {}
-        stacks: dict[tuple[Frame, ...], list[dict[str, Any]]] = {}
-        result["ranks_detail"] = [_rank_detail(d, group_of[id(d)], frames, stacks) for d in latest]
+        shown = _Shown()
+        result["ranks_detail"] = [_rank_detail(d, group_of[id(d)], shown) for d in latest]
     return result
 
 

@@ -31,7 +31,8 @@ import base64
 import hashlib
 import html
 import json
-from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from amldbg.core import safetext
 
@@ -41,6 +42,8 @@ __all__ = ["render"]
 MAX_CELLS = 100_000
 #: Lines of one kind (outliers, collectives, crashes) in the verdict; the rest are counted.
 MAX_LINES = 40
+#: Outlier lines in the verdict; the rest are named in one line.
+MAX_OUTLIER_LINES = 12
 #: Characters of any one string kept in the page.
 MAX_TEXT = 2000
 
@@ -58,7 +61,7 @@ def _int(value: Any) -> int | None:
     return value
 
 
-def _ranks(value: Any) -> List[int]:
+def _ranks(value: Any) -> list[int]:
     """The non-negative integers of a list, sorted, each once."""
     if not isinstance(value, (list, tuple)):
         return []
@@ -67,7 +70,7 @@ def _ranks(value: Any) -> List[int]:
 
 def ranks_text(ranks: Iterable[int]) -> str:
     """``0-2,5``: ranks in ranges."""
-    parts: List[str] = []
+    parts: list[str] = []
     start = previous = None
     for rank in sorted(set(ranks)):
         if previous is not None and rank == previous + 1:
@@ -107,7 +110,7 @@ def _mapping(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
-def _list(value: Any) -> List[Any]:
+def _list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else []
 
 
@@ -115,8 +118,8 @@ class _Table:
     """Values written once and referred to by their position."""
 
     def __init__(self) -> None:
-        self.items: List[Any] = []
-        self._index: Dict[Any, int] = {}
+        self.items: list[Any] = []
+        self._index: dict[Any, int] = {}
 
     def add(self, key: Any, item: Any = None) -> int:
         at = self._index.get(key)
@@ -137,11 +140,22 @@ class _Payload:
         self.values = _Table()
         self.threads = _Table()
         self.records = _Table()
+        # analyse() hands the same frame lists to every rank at the same frames, and most
+        # texts and records repeat from rank to rank: each is worked out once.
+        self._texts: dict[tuple[str, int], int] = {}
+        self._frame_lists: dict[int, tuple[Any, tuple[list[int], list[tuple[str, int, str]], list[int]]]] = {}
+        self._raw_records: dict[str, int] = {}
+        self._frame_dicts: dict[int, tuple[Any, int, tuple[str, int, str], int]] = {}
 
     def s(self, value: Any, limit: int = MAX_TEXT) -> int:
+        if type(value) is str:
+            at = self._texts.get((value, limit))
+            if at is None:
+                at = self._texts[(value, limit)] = self.strings.add(_text(value, limit))
+            return at
         return self.strings.add(_text(value, limit))
 
-    def frame(self, raw: Mapping[str, Any]) -> Tuple[int, Tuple[str, int, str]]:
+    def frame(self, raw: Mapping[str, Any]) -> tuple[int, tuple[str, int, str]]:
         """A frame's number and its key (file, line, function)."""
         file = _text(raw.get("file", "?"), 500)
         line = _int(raw.get("line")) or 0
@@ -155,32 +169,52 @@ class _Payload:
     def value_set(self, raw: Any) -> int:
         if not isinstance(raw, Mapping) or not raw:
             return -1
-        flat: List[int] = []
+        flat: list[int] = []
         for name, value in list(raw.items())[:64]:
             flat += [self.s(name, 200), self.s(value, 400)]
         key = tuple(flat)
         return self.values.add(key, flat)
 
-    def thread(self, raw: Mapping[str, Any]) -> Tuple[int, List[Tuple[str, int, str]], List[int]]:
+    def thread(self, raw: Mapping[str, Any]) -> tuple[int, list[tuple[str, int, str]], list[int]]:
         """A thread's number, its frames' keys and frame numbers."""
-        frame_ids: List[int] = []
-        keys: List[Tuple[str, int, str]] = []
-        value_ids: List[int] = []
-        for frame in _list(raw.get("frames"))[:200]:
-            if not isinstance(frame, Mapping):
-                continue
-            at, key = self.frame(frame)
-            frame_ids.append(at)
-            keys.append(key)
-            value_ids.append(self.value_set(frame.get("locals")))
+        raw_frames = raw.get("frames")
+        known = self._frame_lists.get(id(raw_frames))
+        if known is not None and known[0] is raw_frames:
+            frame_ids, keys, value_ids = known[1]
+        else:
+            frame_ids, keys, value_ids = [], [], []
+            for frame in _list(raw_frames)[:200]:
+                if not isinstance(frame, Mapping):
+                    continue
+                seen = self._frame_dicts.get(id(frame))
+                if seen is None or seen[0] is not frame:
+                    at, key = self.frame(frame)
+                    seen = self._frame_dicts[id(frame)] = (frame, at, key, self.value_set(frame.get("locals")))
+                frame_ids.append(seen[1])
+                keys.append(seen[2])
+                value_ids.append(seen[3])
+            # The list itself is kept with its id, so the id cannot be reused meanwhile.
+            self._frame_lists[id(raw_frames)] = (raw_frames, (frame_ids, keys, value_ids))
         stack = self.stacks.add(tuple(frame_ids), frame_ids)
         values = value_ids if any(v >= 0 for v in value_ids) else []
-        entry = (self.s(raw.get("name", "?"), 200), 1 if raw.get("main") else 0, stack, values)
-        key = (entry[0], entry[1], stack, tuple(values))
-        return self.threads.add(key, list(entry)), keys, frame_ids
+        name, main = self.s(raw.get("name", "?"), 200), 1 if raw.get("main") else 0
+        thread = self.threads.add((name, main, stack, tuple(values)), [name, main, stack, values])
+        return thread, keys, frame_ids
 
     def record(self, raw: Any) -> int:
         """A rank's collective record (its process groups, schema of the dumps)."""
+        try:
+            whole = json.dumps(raw, sort_keys=True, default=str)
+        except (TypeError, ValueError, RecursionError):
+            whole = None
+        if whole is not None and whole in self._raw_records:
+            return self._raw_records[whole]
+        at = self._record(raw)
+        if whole is not None:
+            self._raw_records[whole] = at
+        return at
+
+    def _record(self, raw: Any) -> int:
         groups = []
         for group in _list(raw)[:32]:
             if not isinstance(group, Mapping):
@@ -208,7 +242,7 @@ class _Payload:
         return self.records.add(key, groups)
 
 
-def _verdict(result: Mapping[str, Any]) -> Tuple[str, List[Tuple[str, str, List[int]]]]:
+def _verdict(result: Mapping[str, Any]) -> tuple[str, list[tuple[str, str, list[int]]]]:
     """The summary line and the verdict lines: (css class, text, ranks a click opens)."""
     groups = [_mapping(g) for g in _list(result.get("groups"))]
     shared = set(_ranks(result.get("shared_ranks")))
@@ -226,13 +260,16 @@ def _verdict(result: Mapping[str, Any]) -> Tuple[str, List[Tuple[str, str, List[
         )
     else:
         summary = "no stack dump in the given input"
-    lines: List[Tuple[str, str, List[int]]] = []
+    lines: list[tuple[str, str, list[int]]] = []
 
-    def add(kind: str, items: Sequence[Tuple[str, List[int]]], what: str) -> None:
-        for text, named in items[:MAX_LINES]:
+    def add(kind: str, items: Sequence[tuple[str, list[int]]], what: str, limit: int = MAX_LINES) -> None:
+        for text, named in items[:limit]:
             lines.append((kind, text, named))
-        if len(items) > MAX_LINES:
-            lines.append((kind, f"{len(items) - MAX_LINES} more {what} not listed", []))
+        if len(items) > limit:
+            rest = sorted({r for _, named in items[limit:] for r in named})
+            lines.append((kind, _text(
+                f"{len(items) - limit} more {what}: {_ranks_phrase(rest)}", 1000) if rest
+                else f"{len(items) - limit} more {what} not listed", rest[:1]))
 
     findings = [_mapping(item) for item in _list(result.get("collectives"))]
     collective_lines = [(_text(line), _named_by(line, findings)) for line in _list(result.get("collective_lines"))]
@@ -255,7 +292,7 @@ def _verdict(result: Mapping[str, Any]) -> Tuple[str, List[Tuple[str, str, List[
                     f"{_compact(m.get('sizes', ''))} {_compact(m.get('dtypes', ''))}", named,
                 ))
     add("collective", collective_lines, "collective lines")
-    outliers: List[Tuple[str, List[int]]] = []
+    outliers: list[tuple[str, list[int]]] = []
     for group in groups[1:]:
         frame = _text(group.get("frame", "?"), 300)
         for process in _list(group.get("processes")) or [{"rank": r} for r in _ranks(group.get("ranks"))]:
@@ -270,7 +307,8 @@ def _verdict(result: Mapping[str, Any]) -> Tuple[str, List[Tuple[str, str, List[
             else:
                 label = f"rank {rank}"
             outliers.append((f"outlier: {label} at {frame}", [rank]))
-    add("outlier", outliers, "outliers")
+    # The grid shows them all; a few lines name them, so that the grid stays in view.
+    add("outlier", outliers, "outliers", MAX_OUTLIER_LINES)
     if len(groups) == 1:
         lines.append(("ok", "no outlier: every rank that dumped is at the same frames", []))
     missing = _ranks(result.get("missing"))
@@ -300,7 +338,7 @@ def _verdict(result: Mapping[str, Any]) -> Tuple[str, List[Tuple[str, str, List[
     return _text(summary), lines
 
 
-def _named_by(line: Any, findings: Sequence[Mapping[str, Any]]) -> List[int]:
+def _named_by(line: Any, findings: Sequence[Mapping[str, Any]]) -> list[int]:
     """The rank a click on a collective line opens: the first one the line's finding names
     (``collective #4 ... in default_pg: rank 3 never entered it``)."""
     text = _text(line)
@@ -316,7 +354,7 @@ def _named_by(line: Any, findings: Sequence[Mapping[str, Any]]) -> List[int]:
     return []
 
 
-def _recorder_lines(recorder: Any) -> List[str]:
+def _recorder_lines(recorder: Any) -> list[str]:
     """What the Flight Recorder recorded, as analyse() puts it: a line, lines, or a mapping
     of states to ranks (``{"late": [2]}``) or to text."""
     if recorder is None or recorder == "":
@@ -345,13 +383,13 @@ def _recorder_lines(recorder: Any) -> List[str]:
 
 def _tree(
     groups: Sequence[Mapping[str, Any]],
-    stacks: Dict[int, List[Tuple[Any, str, str, int]]],
+    stacks: dict[int, list[tuple[Any, str, str, int]]],
     payload: _Payload,
-) -> Dict[str, List[Any]]:
+) -> dict[str, list[Any]]:
     """The merged call tree of the groups' main threads, nodes in display order (each node
     after its parent, children largest first), as columns."""
     # node: [key, label id, file id, library, count, groups, children]
-    nodes: List[List[Any]] = [[None, payload.s("all ranks"), -1, 0, 0, [], {}]]
+    nodes: list[list[Any]] = [[None, payload.s("all ranks"), -1, 0, 0, [], {}]]
     for number, group in enumerate(groups):
         count = len(_list(group.get("processes"))) or len(_ranks(group.get("ranks"))) or 1
         node = nodes[0]
@@ -365,11 +403,11 @@ def _tree(
             node = nodes[at]
             node[4] += count
             node[5].append(number)
-    columns: Dict[str, List[Any]] = {
+    columns: dict[str, list[Any]] = {
         "parent": [], "label": [], "file": [], "lib": [], "count": [], "groups": [],
     }
     # Depth first, iteratively (stacks are deep, and hostile ones deeper).
-    pending: List[Tuple[int, int]] = [(0, -1)]
+    pending: list[tuple[int, int]] = [(0, -1)]
     while pending:
         at, parent = pending.pop()
         node = nodes[at]
@@ -385,16 +423,16 @@ def _tree(
     return columns
 
 
-def _data(result: Mapping[str, Any]) -> Dict[str, Any]:
+def _data(result: Mapping[str, Any]) -> dict[str, Any]:
     """Everything the page's script draws, written once each."""
     payload = _Payload()
     groups = [_mapping(g) for g in _list(result.get("groups"))]
-    rank_group: Dict[int, int] = {}
+    rank_group: dict[int, int] = {}
     group_rows = []
     for number, group in enumerate(groups):
         ranks = _ranks(group.get("ranks"))
-        for rank in ranks:
-            rank_group.setdefault(rank, number)
+        for member in ranks:
+            rank_group.setdefault(member, number)
         group_rows.append({
             "frame": payload.s(group.get("frame", "?"), 300),
             "ranks": ranks,
@@ -402,25 +440,24 @@ def _data(result: Mapping[str, Any]) -> Dict[str, Any]:
             "reasons": [payload.s(r, 40) for r in _list(group.get("reasons"))[:8]],
             "stack": [payload.s(f, 300) for f in _list(group.get("stack"))[:200]],
         })
-    processes = []
+    processes: list[list[Any]] = []
     # The main thread's frames of one process of each group: the group's stack in the tree.
-    stacks: Dict[int, List[Tuple[Any, str, str, int]]] = {}
-    for raw in _list(result.get("ranks_detail")):
-        raw = _mapping(raw)
+    stacks: dict[int, list[tuple[Any, str, str, int]]] = {}
+    for item in _list(result.get("ranks_detail")):
+        raw = _mapping(item)
         rank = _int(raw.get("rank"))
         if rank is None or rank < 0:
             continue
-        group = _int(raw.get("group"))
-        if group is None or not 0 <= group < len(groups):
-            group = rank_group.get(rank, -1)
+        given = _int(raw.get("group"))
+        index = given if given is not None and 0 <= given < len(groups) else rank_group.get(rank, -1)
         threads = []
         for thread in _list(raw.get("threads"))[:256]:
             if not isinstance(thread, Mapping):
                 continue
             at, keys, frame_ids = payload.thread(thread)
             threads.append(at)
-            if thread.get("main") and group >= 0 and group not in stacks:
-                stacks[group] = [
+            if thread.get("main") and index >= 0 and index not in stacks:
+                stacks[index] = [
                     (key, f"{_basename(key[0])}:{key[1]} in {key[2]}", key[0],
                      payload.frames.items[frame][3])
                     for key, frame in zip(keys, frame_ids)
@@ -428,16 +465,16 @@ def _data(result: Mapping[str, Any]) -> Dict[str, Any]:
         pid = _int(raw.get("pid"))
         processes.append([
             rank, pid, payload.s(raw.get("host", ""), 200), payload.s(raw.get("reason", ""), 40),
-            payload.s(raw.get("time", ""), 60), group, threads, payload.record(raw.get("collectives")),
+            payload.s(raw.get("time", ""), 60), index, threads, payload.record(raw.get("collectives")),
             payload.s(raw.get("recorder") or "", 40),
         ])
-    for number, group in enumerate(groups):
+    for number, members in enumerate(groups):
         if number not in stacks:
             # No detail of this group: its stack's labels stand for its frames.
-            stacks[number] = [(label, _text(label, 300), "", 0) for label in _list(group.get("stack"))[:200]]
+            stacks[number] = [(label, _text(label, 300), "", 0) for label in _list(members.get("stack"))[:200]]
     collectives = []
-    for item in _list(result.get("collectives"))[:1000]:
-        item = _mapping(item)
+    for raw_finding in _list(result.get("collectives"))[:1000]:
+        item = _mapping(raw_finding)
         collectives.append({
             "pg": payload.s(item.get("process_group", item.get("pg", "?")), 200),
             "pgid": payload.s(item.get("pg", ""), 200),
@@ -454,13 +491,13 @@ def _data(result: Mapping[str, Any]) -> Dict[str, Any]:
             ],
         })
     crashes = []
-    for crash in _list(result.get("crashes"))[:1000]:
-        crash = _mapping(crash)
-        rank = _int(crash.get("rank"))
-        if rank is None:
+    for raw_crash in _list(result.get("crashes"))[:1000]:
+        crash = _mapping(raw_crash)
+        crash_rank = _int(crash.get("rank"))
+        if crash_rank is None:
             continue
         crashes.append([
-            rank, payload.s(crash.get("exception", "?"), 300), payload.s(crash.get("frame", "?"), 300),
+            crash_rank, payload.s(crash.get("exception", "?"), 300), payload.s(crash.get("frame", "?"), 300),
             payload.s(crash.get("time", ""), 60), payload.s(crash.get("file", ""), 300),
         ])
     missing = _ranks(result.get("missing"))
@@ -581,14 +618,14 @@ h3{font-size:14px;margin:14px 0 4px}
 .lg{display:inline-flex;align-items:center;gap:6px;cursor:pointer;max-width:100%;overflow-wrap:anywhere}
 .lg.on{text-decoration:underline}
 .sw{display:inline-block;flex:none;width:14px;height:14px;border-radius:3px;border:1px solid rgba(0,0,0,.25)}
-#grid{display:grid;gap:2px;align-items:center;user-select:none}
-.rl{font:10px var(--mono);color:var(--muted);text-align:right;padding-right:4px;white-space:nowrap}
+#grid{display:grid;gap:2px;align-items:stretch;user-select:none}
+.rl{align-self:center;font:10px var(--mono);color:var(--muted);text-align:right;padding-right:4px;white-space:nowrap}
 .c{position:relative;border-radius:2px;cursor:pointer;color:#10151d;font:11px/1 var(--mono);display:flex;align-items:center;justify-content:center;overflow:hidden}
 .c.big{font-size:13px;font-weight:600}
 .c.out{box-shadow:inset 0 0 0 2px #111}
 .c.miss{background:repeating-linear-gradient(45deg,#f2f2f2 0 3px,#c7c7c7 3px 5px)!important;outline:1px dashed #888;outline-offset:-1px;color:#555}
-.c.coll::after{content:"";position:absolute;top:0;right:0;border-style:solid;border-width:0 7px 7px 0;border-color:transparent #c62828 transparent transparent}
-.c.crash::before{content:"";position:absolute;bottom:0;left:0;border-style:solid;border-width:6px 0 0 6px;border-color:transparent transparent transparent #8e24aa}
+.c.coll::after{content:"";position:absolute;top:0;right:0;width:35%;max-width:9px;aspect-ratio:1;background:#c62828;border-bottom-left-radius:100%}
+.c.crash::before{content:"";position:absolute;bottom:0;left:0;width:35%;max-width:9px;aspect-ratio:1;background:#8e24aa;border-top-right-radius:100%}
 .c.sel{outline:3px solid #0b57d0;outline-offset:1px;z-index:1}
 #grid.dim .c:not(.hl){opacity:.22}
 #flame-graph{position:relative;overflow:hidden;border:1px solid var(--line);border-radius:4px;background:#fbfbfc}
@@ -722,14 +759,16 @@ function rankSummary(r) {
 }
 function buildGrid() {
   var n = D.cells.length;
-  var size = n <= 64 ? 44 : n <= 256 ? 28 : n <= 1024 ? 16 : 10;
+  var size = n <= 64 ? 44 : n <= 256 ? 28 : n <= 1024 ? 16 : n <= 2048 ? 12 : 9;
+  var gap = size < 12 ? 1 : 2;
   var labels = size < 28;
   var avail = Math.max(100, grid.clientWidth - (labels ? 48 : 0));
-  var cols = Math.max(1, Math.floor((avail + 2) / (size + 2)));
+  var cols = Math.max(1, Math.floor((avail + gap) / (size + gap)));
   if (cols >= 16) cols -= cols % 8;  // a node's 8 ranks stay on one row
   cols = Math.min(cols, n || 1);
   grid.textContent = "";
   cellOf.clear();
+  grid.style.gap = gap + "px";
   grid.style.gridTemplateColumns = (labels ? "max-content " : "") + "repeat(" + cols + "," + size + "px)";
   grid.style.gridAutoRows = (size < 28 ? size : Math.round(size * 0.78)) + "px";
   var frag = document.createDocumentFragment();
@@ -825,6 +864,13 @@ function nodeRanks(i) {
   return got;
 }
 function nodeLabel(i) { return s(T.label[i]) + " \u2014 " + ranksPhrase(nodeRanks(i), 48); }
+// The whole label when it fits (about 7 px a character), else the function and the ranks.
+function fitLabel(i, w) {
+  var full = nodeLabel(i), room = (w - 8) / 7;
+  if (full.length <= room) return full;
+  var label = s(T.label[i]), at = label.indexOf(" in ");
+  return (at >= 0 ? label.slice(at + 4) : label) + " \u2014 " + ranksPhrase(nodeRanks(i), 24);
+}
 function nodeTip(i) {
   var ranks = nodeRanks(i), lines = [];
   var file = s(T.file[i]);
@@ -847,7 +893,8 @@ function drawFlame() {
     d.style.width = Math.max(1, w) + "px";
     d.style.top = row * ROW + "px";
     if (!cls) d.style.background = T.groups[i].length === 1 ? colour(T.groups[i][0]) : "#c9ced6";
-    if (w >= 40) d.textContent = nodeLabel(i);
+    d.setAttribute("aria-label", nodeLabel(i));
+    if (w >= 40) d.textContent = fitLabel(i, w);
     frag.appendChild(d);
     drawn++;
     if (row + 1 > rows) rows = row + 1;
@@ -1100,7 +1147,9 @@ function start() {
   var first = wanted ? +wanted[1] : named.size ? Math.min.apply(null, Array.from(named.keys())) :
     D.outliers.length ? D.outliers[0] : null;
   if (first !== null) selectRank(first);
+  // Milliseconds the script took, and since the page was asked for (for benchmarks/).
   document.documentElement.dataset.renderMs = Math.round(performance.now() - t0);
+  document.documentElement.dataset.readyMs = Math.round(performance.now());
   document.documentElement.dataset.ready = "1";
 }
 try {
