@@ -179,6 +179,18 @@ class Shared:
         """``value``, or the equal value already kept."""
         return self.values.setdefault(value, value)
 
+    def clean(self, value: str, limit: int) -> str:
+        """:func:`clean` of a text met before (an op, a dtype, a thread name) made once."""
+        key = ("clean", value, limit)
+        known = self.values.get(key)
+        if known is None:
+            known = self.values[key] = clean(value, limit)
+        return known  # type: ignore[no-any-return]
+
+
+def _clean(value: str, limit: int, shared: Shared | None) -> str:
+    return shared.clean(value, limit) if shared is not None else clean(value, limit)
+
 
 def _locals_key(raw: Any) -> tuple[tuple[Any, Any], ...]:
     if not isinstance(raw, _MAPPING):
@@ -197,10 +209,10 @@ def _frame(raw: Any, shared: Shared | None = None, detail: bool = False) -> Fram
     code: Any = None
     values: Any = None
     if isinstance(raw, _MAPPING):
-        file, line, function = raw.get("file"), raw.get("line"), raw.get("function")
-        library = raw.get("library")
+        get = raw.get
+        file, line, function, library = get("file"), get("line"), get("function"), get("library")
         if detail:
-            code, values = raw.get("code"), raw.get("locals")
+            code, values = get("code"), get("locals")
     elif isinstance(raw, (list, tuple)) and len(raw) >= 3:
         file, line, function = raw[0], raw[1], raw[2]
         library = bool(raw[3]) if len(raw) > 3 else None
@@ -208,8 +220,8 @@ def _frame(raw: Any, shared: Shared | None = None, detail: bool = False) -> Fram
         return None
     if not isinstance(file, str) or not isinstance(function, str):
         return None
-    number = _int(line, 0)
-    flag = library if isinstance(library, bool) else None
+    number = line if type(line) is int else _int(line, 0)
+    flag = library if library is True or library is False else None
     source = code if isinstance(code, str) and code else None
     pairs = _locals_key(values) if values else ()
     key = (file, number, function, flag, source, pairs)
@@ -252,12 +264,12 @@ def _seq(value: Any, what: str) -> int | None:
     return found
 
 
-def _text(value: Any, what: str, limit: int) -> str | None:
+def _text(value: Any, what: str, limit: int, shared: Shared | None = None) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
         raise DamagedCollectives(f"invalid {what}")
-    return clean(value, limit)
+    return _clean(value, limit, shared)
 
 
 def _dimension(value: Any) -> int:
@@ -284,15 +296,15 @@ def _sizes(value: Any) -> tuple[Any, ...] | None:
     return tuple(shapes)
 
 
-def _dtypes(value: Any) -> tuple[str, ...] | None:
+def _dtypes(value: Any, shared: Shared | None) -> tuple[str, ...] | None:
     if value is None:
         return None
     if not isinstance(value, list) or len(value) > _MAX_TENSORS or not all(isinstance(d, str) for d in value):
         raise DamagedCollectives("invalid dtypes")
-    return tuple(clean(d, 30).lower() for d in value)
+    return tuple(_clean(d, 30, shared).lower() for d in value)
 
 
-def _entry(raw: Any) -> collectives.Entry:
+def _entry(raw: Any, shared: Shared | None = None) -> collectives.Entry:
     if not isinstance(raw, _MAPPING):
         raise DamagedCollectives("an entry is not an object")
     seq = _seq(raw.get("seq"), "sequence number")
@@ -300,8 +312,9 @@ def _entry(raw: Any) -> collectives.Entry:
         raise DamagedCollectives("an entry without a sequence number")
     state = raw.get("state")
     return collectives.Entry(
-        seq, _text(raw.get("op"), "op", 60), _sizes(raw.get("sizes")), _dtypes(raw.get("dtypes")),
-        clean(state, 20) if isinstance(state, str) else None, raw.get("p2p") is True,
+        seq, _text(raw.get("op"), "op", 60, shared), _sizes(raw.get("sizes")),
+        _dtypes(raw.get("dtypes"), shared),
+        _clean(state, 20, shared) if isinstance(state, str) else None, raw.get("p2p") is True,
     )
 
 
@@ -356,7 +369,7 @@ def _group(raw: Any, shared: Shared | None) -> collectives.Group:
         _seq(raw.get("last_enqueued"), "sequence number"),
         _seq(raw.get("last_started"), "sequence number"),
         _seq(raw.get("last_completed"), "sequence number"),
-        tuple(_entry(entry) for entry in entries[-_MAX_ENTRIES:]),
+        tuple(_entry(entry, shared) for entry in entries[-_MAX_ENTRIES:]),
     )
     return shared.one(group) if shared is not None else group
 
@@ -428,8 +441,9 @@ class Dump:
                 found_main = True
                 self.main = frames
             if detail and len(kept) < _MAX_THREADS:
-                name = clean(thread.get("name", "?"), 100)
-                kept.append((shared.one(name) if shared is not None else name, main, frames))
+                name = thread.get("name", "?")
+                name = _clean(name, 100, shared) if isinstance(name, str) else clean(name, 100)
+                kept.append((name, main, frames))
             if found_main and not detail:
                 break
         self.detail_threads = tuple(kept)
