@@ -185,7 +185,7 @@ class Shared:
         known = self.values.get(key)
         if known is None:
             known = self.values[key] = clean(value, limit)
-        return known  # type: ignore[no-any-return]
+        return known
 
 
 def _clean(value: str, limit: int, shared: Shared | None) -> str:

@@ -19,6 +19,7 @@ import pytest
 # Imported, not importorskip: torch (torchrun) is part of the test extra.
 import torch.distributed  # noqa: F401
 
+from browser import open_page
 from conftest import free_port
 from processes import ROOT, RunningGroup, child_env
 
@@ -100,3 +101,18 @@ def test_the_verdict_names_the_collective_and_the_ranks(tmp_path: Path, mode: st
         assert verdict["missing"] == fields["missing"]
         assert [{k: m[k] for k in ("ranks", "op", "sizes")} for m in verdict["mismatch"]] == fields["mismatch"]
         assert {p["rank"]: p["pid"] for g in result["groups"] for p in g["processes"]} == pids
+
+    # The picture, from the dump files: the verdict line, the odd ranks marked, and a click on
+    # one of them shows where its main thread is.
+    page_file = tmp_path / "job.html"
+    made = stacks(str(folder), "--html", str(page_file))
+    assert made.returncode == 0, made.stderr
+    odd = fields["missing"] or fields["mismatch"][0]["ranks"]
+    with open_page(page_file) as page:
+        assert line in page.locator("#verdict").inner_text()
+        assert page.locator("#grid [data-rank]").count() == 4
+        page.locator(f"#grid [data-rank='{odd[-1]}']").click()
+        detail = page.locator("#detail")
+        assert detail.locator("h2").inner_text() == f"rank {odd[-1]}"
+        where = f"collective_job.py:{WAIT_LINE} in wait_for_shard" if mode == "stuck" else "collective_job.py:"
+        assert where in detail.inner_text()
