@@ -21,7 +21,6 @@ Run: python benchmarks/bench_stacks_scale.py [--quick]
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -225,11 +224,8 @@ def scale(quick: bool = False) -> dict[str, tuple[float, float, int] | None]:
         print(f"{world} ranks' dump files ({size / 2**20:.0f} MiB, {size / world / 1024:.0f} KiB each: "
               f"3 threads x {FRAMES} frames with values, 2 process groups x {ENTRIES} entries) "
               f"written in {time.perf_counter() - started:.1f} s")
-        has_html = importlib.util.find_spec("amldbg.cli.stacks_html") is not None
         base = [PY, "-m", "amldbg", "stacks", str(dumps)]
-        rows = {"json": base + ["--json"], "text": base}
-        if has_html:
-            rows["html"] = base + ["--html", str(folder / "job.html")]
+        rows = {"json": base + ["--json"], "text": base, "html": base + ["--html", str(folder / "job.html")]}
         for name, argv in rows.items():
             values = []
             for _ in range(rounds):
@@ -238,8 +234,6 @@ def scale(quick: bool = False) -> dict[str, tuple[float, float, int] | None]:
                 _check("json" if name == "json" else "text", out, expect)
                 values.append((took, cpu, peak))
             figures[name] = _figure(values)
-        if not has_html:
-            figures["html"] = None
         html_size = (folder / "job.html").stat().st_size if (folder / "job.html").exists() else 0
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -259,6 +253,26 @@ def scale(quick: bool = False) -> dict[str, tuple[float, float, int] | None]:
               f"peak RSS {peak / 2**20:.0f} MiB{extra} (median of {rounds} run{'s' if rounds != 1 else ''})"
               f"{goal}")
     return figures
+
+
+def rows(figures: dict[str, tuple[float, float, int] | None], quick: bool = False) -> list[tuple[str, str, str, str]]:
+    """The rows of benchmarks/run_all.py's table: (figure, measured, goal, met)."""
+    world = QUICK_RANKS if quick else FULL_RANKS
+    what = {"json": "the verdict (--json)", "text": "the text report", "html": "the HTML page (--html)"}
+    found = []
+    for name, title in what.items():
+        figure = figures.get(name)
+        label = f"amldbg stacks over {world} ranks' dumps with collectives: {title}"
+        if figure is None:
+            continue
+        took, _, peak = figure
+        measured = f"{took:.2f} s, {peak / 2**20:.0f} MiB peak"
+        if name == "json":
+            met = took <= GOAL_SECONDS and peak <= GOAL_BYTES
+            found.append((label, measured, "<= 5 s, <= 1 GB", goal_text(met)))
+        else:
+            found.append((label, measured, "(shown)", ""))
+    return found
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,9 +16,11 @@ import sys
 import time
 from typing import Callable, Tuple
 
+import bench_collectives
 import bench_debug
 import bench_logs
 import bench_scoring
+import bench_stacks_scale
 import bench_stall
 from _common import Ratio, goal_text, parse_quick
 
@@ -72,6 +74,14 @@ def main(argv: list[str] | None = None) -> int:
         what = "" if kind == "sample" else ", a stuck frame holding a blocking repr"
         rows.append((f"from the stall timeout to the last of 4 ranks' dump written{what} (worst)",
                      f"{worst:.2f} s", "<= 2 s", goal_text(worst <= 2.0)))
+
+    print("\n== hung jobs: collectives in the dumps ==", flush=True)
+    ring = bench_collectives.ring_cost(quick)
+    rows.append(_row("collective-heavy loop (gloo, 2 ranks) with the Flight Recorder ring on vs "
+                     "off", ring, ">= 0.99", lambda v: v >= 0.99))
+
+    print("\n== hung jobs: amldbg stacks over a large job ==", flush=True)
+    rows.extend(bench_stacks_scale.rows(bench_stacks_scale.scale(quick), quick))
 
     took = time.monotonic() - started
     print(f"\n== amldbg performance figures ({'--quick: NOT trustworthy, ' if quick else ''}"

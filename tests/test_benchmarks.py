@@ -43,6 +43,15 @@ EXPECTED = {
         r"an object whose repr blocks\): from the stall timeout to the last rank's dump "
         r"written: [\d., ]+ s \(goal <= 2 s",
     ],
+    "bench_collectives.py": [
+        r"^collective-heavy loop \(gloo, 2 ranks, .*speed with the Flight Recorder ring on \(64 entries\) "
+        r"vs off, CPU time of both ranks: [\d.]+ \(.*\) \(goal >= 0\.99",
+    ],
+    "bench_stacks_scale.py": [
+        r"^amldbg stacks over \d+ ranks, --json \(the verdict\): [\d.]+ s wall, [\d.]+ s CPU, peak RSS \d+ MiB .*\(goal <= 5 s and <= 1 GB",
+        r"^amldbg stacks over \d+ ranks, the text report: [\d.]+ s wall, [\d.]+ s CPU, peak RSS \d+ MiB",
+        r"^amldbg stacks over \d+ ranks, --html FILE \(the page\): [\d.]+ s wall, [\d.]+ s CPU, peak RSS \d+ MiB, page [\d.]+ MiB",
+    ],
     "run_all.py": [
         r"^== amldbg performance figures \(--quick",
         r"^pure-Python speed, main thread, after a wait that timed out.*[\d.]+ \(.*>= 0\.95",
@@ -56,6 +65,10 @@ EXPECTED = {
         r"^from the stall timeout to the last of 4 ranks' dump written \(worst\)\s+[\d.]+ s",
         r"^from the stall timeout to the last of 4 ranks' dump written, a stuck frame holding a "
         r"blocking repr \(worst\)\s+[\d.]+ s",
+        r"^collective-heavy loop \(gloo, 2 ranks\) with the Flight Recorder ring on vs off\s+[\d.]+ \(.*>= 0\.99",
+        r"^amldbg stacks over \d+ ranks' dumps with collectives: the verdict \(--json\)\s+[\d.]+ s, \d+ MiB peak\s+<= 5 s, <= 1 GB",
+        r"^amldbg stacks over \d+ ranks' dumps with collectives: the text report\s+[\d.]+ s",
+        r"^amldbg stacks over \d+ ranks' dumps with collectives: the HTML page \(--html\)\s+[\d.]+ s",
     ],
 }
 

@@ -51,6 +51,10 @@ MAX_MISMATCH_JSON = 64
 MAX_FINDING_LINES = 32
 
 ON = "on"
+#: torch's name of the default process group (the world).
+DEFAULT_PG = "0"
+#: A world size beyond this, read from a hostile dump, is no world.
+MAX_WORLD = 100_000
 
 #: The state of a rank whose dump's collectives section was damaged (dropped when read).
 DAMAGED = "damaged"
@@ -229,13 +233,16 @@ def verdict(
     dumped: Iterable[int],
     where: Callable[[int], str | None],
     in_collective: Callable[[int], bool] = lambda rank: False,
+    world: int = 0,
 ) -> list[dict[str, Any]]:
     """The findings, one per process group that diverges or where every member waits.
 
     ``records``: each rank's parsed section (ranks that dumped without one are left out);
     ``dumped``: every rank that dumped at all; ``where(rank)``: the innermost user frame of
     that rank's main thread (``train.py:47 in wait_for_shard``), or ``None``;
-    ``in_collective(rank)``: whether its main thread is inside ``torch.distributed``.
+    ``in_collective(rank)``: whether its main thread is inside ``torch.distributed``;
+    ``world``: the world size the dumps give, the members of the default group (torch's
+    ``"0"``) when its dumps do not list them.
 
     "Every member waits in it" needs every member's last collective not completed. NCCL's
     watchdog records completions as they happen; gloo's recorder marks a collective
@@ -253,7 +260,8 @@ def verdict(
     findings = []
     for pg in sorted(by_pg, key=_pg_order):
         trusted = {rank for rank in by_pg[pg] if records[rank].backend == "nccl" or in_collective(rank)}
-        found = _judge(pg, by_pg[pg], dumped_ranks, where, trusted)
+        everyone = range(world) if pg == DEFAULT_PG and 1 < world <= MAX_WORLD else None
+        found = _judge(pg, by_pg[pg], dumped_ranks, where, trusted, everyone)
         if found is not None:
             findings.append(found)
     return findings
@@ -261,11 +269,14 @@ def verdict(
 
 def _judge(
     pg: str, reporters: Mapping[int, Group], dumped: set[int], where: Callable[[int], str | None],
-    waits: Collection[int],
+    waits: Collection[int], everyone: Iterable[int] | None = None,
 ) -> dict[str, Any] | None:
     """The finding of one process group (``waits``: the ranks whose "not completed" can be
-    believed, see :func:`verdict`), else ``None``."""
+    believed, see :func:`verdict`; ``everyone``: its members when no dump lists them), else
+    ``None``."""
     known = _most_common(g.ranks for g in reporters.values() if g.ranks is not None)
+    if known is None:
+        known = everyone
     members = set(reporters) | set(known or ())
     compared = [_Member(rank, reporters[rank]) for rank in sorted(reporters)]
     seq = _diverges(compared)

@@ -11,9 +11,19 @@ first, and names the ones outside the largest group (the outliers) with their in
 user frame: in a hung job, the rank the others wait for. Processes that claim the same rank
 (``torch.multiprocessing.spawn`` without ``RANK``) are kept apart and named by pid and host.
 
+The dumps' ``"collectives"`` sections (PyTorch's Flight Recorder, written by
+:mod:`amldbg.diagnostics.collectives`) give the collective verdict first
+(:mod:`amldbg.cli.collectives`): per process group, the first collective at which the ranks
+diverge, the ranks that never entered it (with their innermost user frame) and those that
+entered it with another op, sizes or dtypes. ``--html FILE`` also writes one page of the whole
+job (:mod:`amldbg.cli.stacks_html`) from ``analyse(..., detail=True)``, which keeps every
+thread's frames with their code and values; frames, stacks and records that ranks share are
+kept once, so 4,096 ranks' dumps fit in little memory (``benchmarks/bench_stacks_scale.py``).
+
 Input is hostile: a damaged, truncated or unreadable line or file, and a record whose rank
 is not a non-negative integer, is skipped with a note on stderr, never a traceback and never
-read as rank 0; everything printed is escaped to one line by :mod:`amldbg.core.safetext`.
+read as rank 0; a damaged collectives section drops only the collectives, with a note;
+everything printed is escaped to one line by :mod:`amldbg.core.safetext`.
 """
 
 from __future__ import annotations
@@ -118,6 +128,9 @@ _MAX_TENSORS = 64
 # isinstance(x, Mapping) runs typing's ABC check for every value; a dict (what JSON gives)
 # is found first.
 _MAPPING = (dict, Mapping)
+# Characters of a text kept before it is escaped and cut (to 300 at most): the same text is
+# shown, and a hostile megabyte is not kept.
+_KEY_TEXT = 1000
 # A tensor dimension: any size a real tensor has (an int64), not just a rank-sized number.
 _MAX_DIM = 2**63 - 1
 
@@ -199,9 +212,10 @@ def _locals_key(raw: Any) -> tuple[tuple[Any, Any], ...]:
     for number, (name, value) in enumerate(raw.items()):
         if number >= _MAX_LOCALS:
             break
-        # Hostile values (lists, numbers) become text now: the key must be hashable.
-        items.append((name if isinstance(name, str) else clean(name, 100),
-                      value if isinstance(value, str) else clean(value, 300)))
+        # Hostile values (lists, numbers) become text now: the key must be hashable. Texts
+        # are cut (not escaped yet) past what is shown: a key holds no megabyte of a value.
+        items.append((name[:_KEY_TEXT] if isinstance(name, str) else clean(name, 100),
+                      value[:_KEY_TEXT] if isinstance(value, str) else clean(value, 300)))
     return tuple(items)
 
 
@@ -220,9 +234,10 @@ def _frame(raw: Any, shared: Shared | None = None, detail: bool = False) -> Fram
         return None
     if not isinstance(file, str) or not isinstance(function, str):
         return None
+    file, function = file[:_KEY_TEXT], function[:_KEY_TEXT]
     number = line if type(line) is int else _int(line, 0)
     flag = library if library is True or library is False else None
-    source = code if isinstance(code, str) and code else None
+    source = code[:_KEY_TEXT] if isinstance(code, str) and code else None
     pairs = _locals_key(values) if values else ()
     key = (file, number, function, flag, source, pairs)
     if shared is not None:
@@ -763,7 +778,8 @@ def _collective_verdict(latest: Sequence[Dump]) -> dict[str, Any]:
         dump = chosen.get(rank)
         return dump is not None and any(_TORCH_DISTRIBUTED.search(f.file) for f in dump.main)
 
-    findings = collectives.verdict(records, dumped, where, in_collective)
+    world = max((d.world_size for d in latest), default=0)
+    findings = collectives.verdict(records, dumped, where, in_collective, world)
     summary = collectives.recorder_summary(records, dumped)
     lines = collectives.verdict_lines(findings, summary, collectives.compared_groups(records))
     return {"collectives": findings, "recorder": summary, "collective_lines": lines}

@@ -261,6 +261,13 @@ def test_members_unknown_are_the_ranks_that_report_the_group(tmp_path: Path) -> 
     lines, result = report(write(tmp_path, dumps))
     assert lines[0] == "collective #2 all_reduce [[4]] float in default_pg: rank 3 never entered it (at train.py:60 in load_shard)"
     assert result["collectives"][0]["members"] == [0, 1, 2, 3]
+    # The default group without its member list is the world: a rank that did not dump is
+    # said as such.
+    lines, result = report(write(tmp_path / "three", dumps[1:]))
+    assert result["collective_lines"] == [
+        "collective #2 all_reduce [[4]] float in default_pg: rank 3 never entered it (at train.py:60 in load_shard)",
+        "collective #2 all_reduce [[4]] float in default_pg: no dump from rank 0 (not compared)",
+    ]
 
 
 def test_evicted_entries_count_as_entered_and_are_not_compared(tmp_path: Path) -> None:
@@ -479,6 +486,8 @@ def test_hostile_texts_and_bounds_never_reach_the_terminal_raw(tmp_path: Path) -
     assert as_json.stdout.isascii()
     result = json.loads(as_json.stdout)
     assert result["collectives"][0]["mismatch"][0]["op"] == "all_reduce\\x1b[2J\\u202egnp.\\u2028forged\\x0d\\x0a"
+    # Rank 0's other groups have no other member that reports them: nothing to judge.
+    assert len(result["collectives"]) == 1
 
 
 def test_parse_bounds_groups_and_entries() -> None:

@@ -19,10 +19,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from browser import PageLog, open_page
-
 from amldbg import cli
 from amldbg.cli import stacks, stacks_html
+from browser import PageLog, open_page
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOT = ROOT / "docs" / "images" / "stacks-html.png"
