@@ -137,7 +137,7 @@ def _template(kind: str, world: int, seq: int) -> str:
         "collectives": {
             "recorder": "on", "backend": "gloo",
             "groups": [
-                {"process_group": "default_pg", "pg": "0", "ranks": list(range(world)),
+                {"process_group": "default_pg", "pg": "0", "size": world,  # as the capture writes the whole world
                  "last_enqueued": last, "last_started": None, "last_completed": seq - 1,
                  "entries": _entries(last, "broadcast" if kind == "mismatch" else "all_reduce", [[4096, 1024]])},
                 # One group per node of 8 (torch's new_subgroups): each rank is in one.

@@ -261,7 +261,11 @@ def _groups(answers: Iterable[Mapping[str, Any]], members: Mapping[str, tuple[st
                 "last_enqueued": None, "last_started": None, "last_completed": None,
                 "entries": [],
             }
-            if ranks:
+            if ranks and name == "0" and ranks == list(range(len(ranks))):
+                # The default group is the whole world: its size says it, and a list of
+                # 4,096 ranks in every rank's dump would be half of what a large job writes.
+                groups[name]["size"] = len(ranks)
+            elif ranks:
                 groups[name]["ranks"] = ranks
         return groups[name]
 
