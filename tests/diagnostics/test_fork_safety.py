@@ -290,12 +290,14 @@ def test_start_processes_fork_children_arm_their_own_reports_and_answer_sigusr1(
     assert "start_processes returned" in run.lines and "answered 2" in run.lines, run.output
     assert {"child 0 exits", "child 1 exits"} <= set(run.lines), run.output
     parent = int(run.wait_for_line(r"^parent pid (\d+)$", timeout=1).group(1))
-    children = [int(pid) for pid in re.findall(r"^child \d pid (\d+)$", run.output, re.M)]
-    assert len(set(children)) == 2 and parent not in children, run.output
-    for pid in children:
-        assert re.search(rf"^amldbg: stall report armed on rank 0 \(pid {pid}\)", run.output, re.M)
+    children = {int(index): int(pid) for index, pid in re.findall(r"^child (\d) pid (\d+)$", run.output, re.M)}
+    assert len(set(children.values())) == 2 and parent not in children.values(), run.output
+    for index, pid in children.items():
+        # start_processes numbers its children: child i is rank i (no RANK variable there).
+        assert re.search(rf"^amldbg: stall report armed on rank {index} \(pid {pid}\)", run.output, re.M)
         saved = saved_dumps(folder, pid)
         assert [d["reason"] for d in saved] == ["signal"], (pid, run.output)
+        assert saved[0]["rank"] == index
         assert saved[0]["forked_from"] == parent
         main = saved[0]["threads"][0]
         assert main["main"], main
