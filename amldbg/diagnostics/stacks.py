@@ -655,3 +655,33 @@ def install_crash_hooks() -> None:
         sys.excepthook = excepthook
         threading.excepthook = threading_excepthook
         _crash_hooks = (excepthook, threading_excepthook)
+        _watch_child_exit()
+
+
+def _watch_child_exit() -> None:
+    """In a multiprocessing child (``torch.multiprocessing.spawn``'s ranks), also report the
+    exception that ends the process's target: no ``sys.excepthook`` runs for it there."""
+    process = sys.modules.get("multiprocessing.process")
+    parent = getattr(process, "parent_process", None)
+    if parent is None or parent() is None:
+        return  # not a multiprocessing child
+    import multiprocessing.util
+
+    # multiprocessing runs its exit finalizers in the ``finally`` around the target, where
+    # the exception that ends the child is still the current one.
+    multiprocessing.util.Finalize(None, _report_child_exit, exitpriority=100)
+
+
+def _report_child_exit() -> None:
+    try:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, SystemExit) and exc.code not in (None, 0):
+            # torch's spawn wrapper catches fn's exception and calls sys.exit(1) in its
+            # handler: the exception is the SystemExit's context.
+            exc = _exception_field(exc, "__context__")
+        if isinstance(exc, Exception):
+            tb = _exception_field(exc, "__traceback__")
+            if tb is not None:
+                write_crash_report_once(type(exc), exc, tb, "the main thread")
+    except Exception:  # the child is ending: a failure here must not change how it ends
+        pass

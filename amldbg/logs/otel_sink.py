@@ -176,10 +176,20 @@ class OtelSink(export.Sink):
             from opentelemetry.sdk import _logs as sdk_logs
 
             LogData = getattr(sdk_logs, "LogData")  # noqa: N806, B009 - absent from new stubs
-            record_class = getattr(sdk_logs, "LogRecord")  # noqa: B009
+            sdk_record = getattr(sdk_logs, "LogRecord")  # noqa: B009
+            resource = self.resource
+
+            def with_resource(**fields: Any) -> Any:
+                # The resource goes to the constructor: made without one, the SDK's LogRecord
+                # (1.2x to 1.38; the inference server 1.5 pins 1.33) runs Resource.create({}),
+                # the resource detectors on a new thread pool, for every record; once the
+                # interpreter is shutting down that fails ("cannot schedule new futures after
+                # interpreter shutdown") and the records sent by the exit flush were dropped.
+                return sdk_record(resource=resource, **fields)
+
+            record_class = with_resource
 
             def wrap(log_record: Any, scope: Any) -> Any:
-                log_record.resource = self.resource
                 return LogData(log_record=log_record, instrumentation_scope=scope)
 
         self._wrap = wrap

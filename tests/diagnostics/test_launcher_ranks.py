@@ -14,9 +14,12 @@ launcher really set gives the launcher's local rank (the debug port is base + lo
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
+import random
+import re
 import subprocess
 import sys
 import time
@@ -27,7 +30,7 @@ import pytest
 
 from amldbg.core import environment
 from conftest import free_port
-from processes import ROOT, RunningGroup, child_env
+from processes import ROOT, RunningGroup, child_env, port_free, reap_debug_adapters
 
 # Looked up (importing them costs seconds), never importorskip'd: the launchers are part of
 # the test extra, and a missing one must fail the run instead of skipping these tests.
@@ -128,17 +131,56 @@ def release(out: Path) -> None:
     (out / "release").write_text("")
 
 
+def debug_base_port() -> int:
+    """Two free consecutive ports below the ephemeral range, where the debug adapters' own
+    connections (which take ephemeral ports) cannot take the second one meanwhile."""
+    low = 20_000
+    with contextlib.suppress(OSError, ValueError):
+        low = min(low, int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]) - 2_000)
+    for _ in range(100):
+        base = random.randrange(max(1_024, low - 8_000), low)
+        if all(port_free(port) for port in (base, base + 1)):
+            return base
+    raise RuntimeError("no two consecutive free ports")
+
+
+def debug_flags(base: int) -> list[str]:
+    """Every rank listens (without waiting for a client) on base + its local rank."""
+    return ["--remote_debug", "--remote_debug_ranks", "all", "--remote_debug_connection_timeout", "0",
+            "--remote_debug_listen_host", "127.0.0.1", "--remote_debug_port", str(base)]
+
+
+def endpoints(output: str) -> dict[int, tuple[int, int, str]]:
+    """Each pid's debug endpoint line: (rank, port, state)."""
+    found = (json.loads(m) for m in re.findall(r"amldbg endpoint: (\{.*\})$", output, re.M))
+    return {e["pid"]: (e["rank"], e["port"], e["state"]) for e in found}
+
+
+def check_ports(output: str, found: dict[int, dict[str, Any]], base: int) -> None:
+    """The debug port of each rank is base + the launcher's local rank, one per rank."""
+    listening = endpoints(output)
+    for rank in (0, 1):
+        local = found[rank]["local_rank"]
+        assert listening[found[rank]["pid"]] == (rank, base + local, "listening"), output
+
+
 def test_torch_multiprocessing_spawn_ranks(tmp_path: Path) -> None:
     """spawn sets no variable: the rank is the index spawn passed to fn, then torch's."""
     out, dumps = tmp_path / "out", tmp_path / "dumps"
     out.mkdir()
     env = job_env(tmp_path, TEST_SPAWN_PORT=str(free_port()))
-    argv = [SCRIPT, "spawn", "--out", str(out), *STALL]
-    with RunningGroup(argv, env=env, cwd=tmp_path) as run:
-        found = wait_until_stalled(run, out, dumps)
-        check_stall_report(dumps, found, "spawn")
-        release(out)
-        assert run.wait(120) == 0, run.output
+    base = debug_base_port()
+    argv = [SCRIPT, "spawn", "--out", str(out), *STALL, *debug_flags(base)]
+    try:
+        with RunningGroup(argv, env=env, cwd=tmp_path) as run:
+            found = wait_until_stalled(run, out, dumps)
+            check_stall_report(dumps, found, "spawn")
+            # Both children listen, each on its own port (not both on base).
+            check_ports(run.output, found, base)
+            release(out)
+            assert run.wait(120) == 0, run.output
+    finally:
+        reap_debug_adapters([base, base + 1])
     for rank in (0, 1):
         # Nothing to read from the variables: the launcher added none.
         assert not {"RANK", "LOCAL_RANK", "WORLD_SIZE"} & set(added(found[rank], env))
@@ -177,12 +219,18 @@ def test_lightning_ddp_launcher_ranks(tmp_path: Path) -> None:
     out, dumps = tmp_path / "out", tmp_path / "dumps"
     out.mkdir()
     env = job_env(tmp_path, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    argv = [SCRIPT, "lightning", "--out", str(out), *STALL]
-    with RunningGroup(argv, env=env, cwd=tmp_path) as run:
-        found = wait_until_stalled(run, out, dumps)
-        check_stall_report(dumps, found, "lightning")
-        release(out)
-        assert run.wait(120) == 0, run.output
+    base = debug_base_port()
+    argv = [SCRIPT, "lightning", "--out", str(out), *STALL, *debug_flags(base)]
+    try:
+        with RunningGroup(argv, env=env, cwd=tmp_path) as run:
+            found = wait_until_stalled(run, out, dumps)
+            check_stall_report(dumps, found, "lightning")
+            # The user's process listens on base at its start, Lightning's child on base + 1.
+            check_ports(run.output, found, base)
+            release(out)
+            assert run.wait(120) == 0, run.output
+    finally:
+        reap_debug_adapters([base, base + 1])
     assert found[1]["pid"] != found[0]["pid"]
     child = added(found[1], env)
     assert {"LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"} <= set(child) and "RANK" not in child
@@ -245,3 +293,4 @@ def test_deepspeed_launcher_ranks(tmp_path: Path) -> None:
         assert (topo.rank, topo.local_rank, topo.world_size, topo.local_world_size, topo.launcher) == (
             rank, found[rank]["local_rank"], 2, 2, "deepspeed")
         assert found[rank]["local_rank"] == rank  # DeepSpeed's --local_rank=N
+        assert found[rank]["topology_at_start"]["local_rank"] == rank

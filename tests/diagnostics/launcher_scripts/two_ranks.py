@@ -23,7 +23,6 @@ otherwise both finish and the job exits 0.
 import argparse
 import json
 import os
-import sys
 import time
 from typing import Any, Dict
 
@@ -158,4 +157,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
