@@ -1,11 +1,12 @@
 """The collectives of this rank in every dump: PyTorch's Flight Recorder, read at the moment.
 
-When a stall report or the on-demand triggers are armed before the first process group
-exists, :func:`prepare` turns the Flight Recorder on with a small ring
-(``TORCH_FR_BUFFER_SIZE``, read by torch when it records its first collective), unless the
-user set ``TORCH_FR_BUFFER_SIZE`` or ``TORCH_NCCL_TRACE_BUFFER_SIZE`` already. Armed after
-a process group exists, it leaves torch alone (setting the variable then made torch 2.13
-abort at exit) and says so in one line: the dumps carry stacks only.
+Since torch 2.13 the Flight Recorder keeps a ring of the last 2,000 collectives of every
+backend by default, and amldbg leaves it as it is. With an older torch, whose ring is off
+unless ``TORCH_FR_BUFFER_SIZE`` / ``TORCH_NCCL_TRACE_BUFFER_SIZE`` is set, :func:`prepare`
+(called when a stall report or the on-demand triggers are armed) turns it on with a small
+ring of :data:`RING` entries if no process group exists yet (torch reads the variable when
+it makes its first one); armed after that, it leaves torch alone and says so in one line. A
+ring size the user set is always kept (``0`` keeps the recorder off).
 
 :func:`snapshot` is the ``"collectives"`` section of a stack dump or crash report: per
 process group, its last enqueued, started and completed collective (sequence numbers) and
@@ -14,7 +15,22 @@ through the same code: ``_dump_fr_trace_json`` (every backend's recorder) and, w
 exists, ``_dump_nccl_trace_json`` (NCCL's own ring). Membership comes from
 ``torch.distributed``'s own tables. None of the script's code runs: torch's C functions are
 called on a thread of amldbg's own, waited for at most :data:`ANSWER_WAIT` seconds, and
-never in a forked child (the recorder's lock may be held by a thread the child lacks).
+never in a forked child (the recorder's lock may be held by a thread the child lacks). A
+ring larger than :data:`LARGE_RING` is read without its entries: torch builds the whole
+answer holding the GIL, which would freeze the script for seconds at every dump.
+
+What torch's record says, and what amldbg takes from it:
+
+* entries carry the process group's *name* (``process_group[0]``, the same on every rank)
+  and a per-process *id* (``pg_id``, counted on each rank over the groups it is a member
+  of), and ``pg_status`` is keyed by that id: a status is used only through the id→name
+  map its entries give, so that ranks 2-3's first subgroup is not taken for ranks 0-1's;
+* gloo counts send/recv in ``pg_status`` but neither records them nor numbers them in the
+  entries: the last enqueued collective is the newest entry, and a status that disagrees
+  with it is not used;
+* a process group destroyed and made again has the same name and a new id: only the
+  entries of its newest id are kept.
+
 Never raises.
 """
 
@@ -22,14 +38,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import threading
 from typing import Any, Iterable, Mapping
 
 from amldbg.core import announce, forksafe, safetext, threads
 
-#: Collectives the ring keeps when amldbg turns the Flight Recorder on.
+#: Collectives the ring keeps when amldbg turns the Flight Recorder on (torch < 2.13).
 RING = 64
+#: The first torch whose Flight Recorder is on by default, and the ring it keeps then.
+DEFAULT_ON_SINCE = (2, 13)
+DEFAULT_RING = 2000
+#: A ring larger than this is read without its entries (see the module's docstring).
+LARGE_RING = 4096
 #: The variables that size the recorder's ring; one set by the user is left as it is.
 BUFFER_VARIABLES = ("TORCH_FR_BUFFER_SIZE", "TORCH_NCCL_TRACE_BUFFER_SIZE")
 #: Entries kept per process group in a dump file (the driver-log line keeps fewer).
@@ -44,6 +66,7 @@ ANSWER_WAIT = 1.0
 MAX_ANSWER = 8 * 1024 * 1024
 
 ON = "on"
+PARTIAL = "partial"
 LATE = "late"
 OFF = "off"
 UNAVAILABLE = "unavailable"
@@ -93,9 +116,39 @@ def _process_group_exists() -> bool:
         return False
 
 
+def _torch_version() -> tuple[int, int] | None:
+    """The installed torch's (major, minor), without importing it."""
+    module = sys.modules.get("torch")
+    text = vars(module).get("__version__") if module is not None else None
+    if not isinstance(text, str):
+        try:
+            import importlib.metadata
+
+            text = importlib.metadata.version("torch")
+        except Exception:
+            return None
+    found = re.match(r"(\d+)\.(\d+)", str(text))
+    return (int(found.group(1)), int(found.group(2))) if found else None
+
+
+def ring_on_by_default() -> bool:
+    """True when the installed torch keeps a Flight Recorder ring without being asked."""
+    version = _torch_version()
+    return version is not None and version >= DEFAULT_ON_SINCE
+
+
+def ring_size(env: Mapping[str, str]) -> int:
+    """The entries torch's ring holds in a process started with ``env``."""
+    for name in BUFFER_VARIABLES:
+        text = env.get(name, "").strip()
+        if text.isdigit():
+            return int(text)
+    return DEFAULT_RING if ring_on_by_default() else 0
+
+
 def prepare() -> str:
-    """Turn the Flight Recorder on for this process if no process group exists yet; return
-    what the dumps will carry (``"on"``, ``"late"``). Idempotent; never raises."""
+    """Make sure the Flight Recorder records this process's collectives; return what the
+    dumps will carry (``"on"``, ``"off"``, ``"late"``). Idempotent; never raises."""
     global _recorder, _note
     try:
         with _lock:
@@ -105,6 +158,8 @@ def prepare() -> str:
             if chosen:
                 # The user's own ring, or the user's wish that there be none.
                 _recorder, _note = (ON, "") if on else (OFF, OFF_BY_USER)
+            elif ring_on_by_default():
+                _recorder = ON  # torch's own ring: nothing to change
             elif _process_group_exists():
                 _recorder, _note = LATE, LATE_NOTE
                 announce.info(f"collectives: {LATE_NOTE}")
@@ -124,7 +179,7 @@ def _recorder_state() -> tuple[str, str]:
         return _recorder, _note
     # Not armed by amldbg (a crash report of a rank that only has crash hooks).
     chosen, on = _users_ring(os.environ)
-    if on:
+    if on or (not chosen and ring_on_by_default()):
         return ON, ""
     if chosen:
         return OFF, OFF_BY_USER
@@ -164,14 +219,14 @@ def _op(name: Any) -> str:
     return safetext.safe(text.split(":", 1)[-1] or "?", 60)
 
 
-def _entry(raw: Mapping[str, Any], completed: int | None) -> dict[str, Any] | None:
+def _entry(raw: Mapping[str, Any]) -> dict[str, Any] | None:
     p2p = bool(raw.get("is_p2p"))
     seq = _number(raw.get("p2p_seq_id" if p2p else "collective_seq_id"))
     if seq is None:
         return None
     state = raw.get("state")
     state = state if state in ("scheduled", "started", "completed") else "scheduled"
-    if not p2p and completed is not None and seq <= completed:
+    if raw.get("retired") is True:
         state = "completed"  # gloo never writes "completed" into the entry itself
     entry: dict[str, Any] = {
         "seq": seq,
@@ -196,8 +251,9 @@ def _record(dump: Any) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def _answers() -> list[dict[str, Any]]:
-    """What torch's recorders hold now (every backend's, and NCCL's own ring)."""
+def _answers(with_entries: bool = True) -> list[dict[str, Any]]:
+    """What torch's recorders hold now (every backend's, and NCCL's own ring); only each
+    group's status when ``with_entries`` is false."""
     try:
         c10d = sys.modules.get("torch._C._distributed_c10d")
         if c10d is None:
@@ -210,7 +266,7 @@ def _answers() -> list[dict[str, Any]]:
         if function is None:
             continue
         try:
-            record = _record(function(includeCollectives=True, onlyActive=False))
+            record = _record(function(includeCollectives=with_entries, onlyActive=False))
         except Exception:
             continue
         if record is not None:
@@ -247,67 +303,77 @@ def _readable(name: str, desc: str) -> str:
 
 
 def _groups(answers: Iterable[Mapping[str, Any]], members: Mapping[str, tuple[str, list[int]]]) -> list[dict[str, Any]]:
-    groups: dict[str, dict[str, Any]] = {}
-    entries: dict[str, list[dict[str, Any]]] = {}
-
-    def group(name: str, desc: str = "") -> dict[str, Any] | None:
-        if name not in groups:
-            if len(groups) >= MAX_GROUPS:
-                return None
-            known_desc, ranks = members.get(name, ("", []))
-            groups[name] = {
-                "process_group": _readable(name, desc or known_desc),
-                "pg": safetext.safe(name, 60),
-                "last_enqueued": None, "last_started": None, "last_completed": None,
-                "entries": [],
-            }
-            if ranks and name == "0" and ranks == list(range(len(ranks))):
-                # The default group is the whole world: its size says it, and a list of
-                # 4,096 ranks in every rank's dump would be half of what a large job writes.
-                groups[name]["size"] = len(ranks)
-            elif ranks:
-                groups[name]["ranks"] = ranks
-        return groups[name]
-
+    # Entries by group name, each from the newest incarnation (id) of the group.
+    newest: dict[str, int] = {}
+    by_name: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+    descs: dict[str, str] = {}
+    names_of_ids: dict[str, str] = {}
+    statuses: list[Mapping[str, Any]] = []
     for answer in answers:
         status = answer.get("pg_status")
         if isinstance(status, dict):
-            for name, fields in list(status.items())[:MAX_GROUPS]:
-                found = group(str(name))
-                if found is None or not isinstance(fields, dict):
-                    continue
-                for key, source in (("last_enqueued", "last_enqueued_collective"),
-                                    ("last_started", "last_started_collective"),
-                                    ("last_completed", "last_completed_collective")):
-                    value = _number(fields.get(source))
-                    if value is not None and (found[key] is None or value > found[key]):
-                        found[key] = value
+            statuses.append(status)
         raw_entries = answer.get("entries")
         if not isinstance(raw_entries, list):
             continue
-        for raw in raw_entries[-RING * 4:]:
+        for raw in raw_entries[-LARGE_RING:]:
             if not isinstance(raw, dict):
                 continue
             pg = raw.get("process_group")
-            name, desc = (str(pg[0]), str(pg[1])) if isinstance(pg, list) and len(pg) >= 2 else (str(raw.get("pg_id", "?")), "")
-            found = group(name, desc)
-            if found is None:
+            pg_id = _number(raw.get("pg_id"))
+            if not (isinstance(pg, list) and len(pg) >= 2 and pg_id is not None):
                 continue
-            entry = _entry(raw, found["last_completed"])
-            if entry is not None:
-                entries.setdefault(name, []).append(entry)
-    for name, found in groups.items():
-        kept = entries.get(name, [])
-        found["entries"] = kept[-MAX_ENTRIES:]
-        collectives = [e["seq"] for e in kept if not e.get("p2p")]
-        if collectives and (found["last_enqueued"] is None or max(collectives) > found["last_enqueued"]):
-            found["last_enqueued"] = max(collectives)
-    # Groups this rank belongs to but never used yet: a rank stuck before its first
-    # collective in a group still says it is a member.
-    for name, (desc, _ranks) in members.items():
-        if name not in groups:
-            group(name, desc)
+            name = str(pg[0])
+            entry = _entry(raw)
+            if entry is None:
+                continue
+            names_of_ids[str(pg_id)] = name
+            descs.setdefault(name, str(pg[1]))
+            newest[name] = max(newest.get(name, pg_id), pg_id)
+            by_name.setdefault(name, []).append((pg_id, entry))
+    groups: dict[str, dict[str, Any]] = {}
+    for name in list(by_name) + [n for n in members if n not in by_name]:
+        if len(groups) >= MAX_GROUPS:
+            break
+        known_desc, ranks = members.get(name, ("", []))
+        kept = [entry for pg_id, entry in by_name.get(name, []) if pg_id == newest.get(name)]
+        collectives = [e for e in kept if not e.get("p2p")]
+        group: dict[str, Any] = {
+            "process_group": _readable(name, known_desc or descs.get(name, "")),
+            "pg": safetext.safe(name, 60),
+            "last_enqueued": max((e["seq"] for e in collectives), default=None),
+            "last_started": None,
+            "last_completed": max((e["seq"] for e in collectives if e["state"] == "completed"), default=None),
+            "entries": kept[-MAX_ENTRIES:],
+        }
+        if ranks and name == "0" and ranks == list(range(len(ranks))):
+            # The default group is the whole world: its size says it, and a list of 4,096
+            # ranks in every rank's dump would be half of what a large job writes.
+            group["size"] = len(ranks)
+        elif ranks:
+            group["ranks"] = ranks
+        _take_status(group, statuses, str(newest.get(name, "")), names_of_ids)
+        groups[name] = group
     return sorted(groups.values(), key=lambda g: (len(g["pg"]), g["pg"]))
+
+
+def _take_status(group: dict[str, Any], statuses: Iterable[Mapping[str, Any]], pg_id: str,
+                 names_of_ids: Mapping[str, str]) -> None:
+    """The started and completed numbers of the group's status, when that status is the
+    group's (its id maps to the group's name) and agrees with the entries."""
+    if not pg_id or names_of_ids.get(pg_id) != group["pg"]:
+        return
+    for status in statuses:
+        fields = status.get(pg_id)
+        if not isinstance(fields, dict):
+            continue
+        if _number(fields.get("last_enqueued_collective")) != group["last_enqueued"]:
+            continue  # gloo's status also counts send/recv, which its entries do not number
+        group["last_started"] = _number(fields.get("last_started_collective"))
+        completed = _number(fields.get("last_completed_collective"))
+        if completed is not None:
+            group["last_completed"] = completed
+        return
 
 
 def _backend() -> str:
@@ -318,8 +384,8 @@ def _backend() -> str:
         return ""
 
 
-def _read() -> dict[str, Any]:
-    return {"answers": _answers(), "members": _membership(), "backend": _backend()}
+def _read(with_entries: bool = True) -> dict[str, Any]:
+    return {"answers": _answers(with_entries), "members": _membership(), "backend": _backend()}
 
 
 def snapshot(wait: float = ANSWER_WAIT) -> dict[str, Any] | None:
@@ -344,9 +410,14 @@ def snapshot(wait: float = ANSWER_WAIT) -> dict[str, Any] | None:
         answered = threading.Event()
         _pending = answered
 
+        size = ring_size(os.environ)
+        with_entries = size <= LARGE_RING
+
         def read() -> dict[str, Any]:
             try:
-                return _read() if recorder == ON else {"answers": [], "members": _membership(), "backend": _backend()}
+                # A ring may hold entries even when amldbg did not turn it on (the user's,
+                # torch's own): it is always read.
+                return _read(with_entries)
             finally:
                 answered.set()
 
@@ -358,6 +429,15 @@ def snapshot(wait: float = ANSWER_WAIT) -> dict[str, Any] | None:
         if found["backend"]:
             section["backend"] = found["backend"]
         section["groups"] = _groups(found["answers"], found["members"])
+        if any(g["entries"] for g in section["groups"]):
+            section["recorder"] = ON
+            section.pop("note", None)
+        elif not with_entries and recorder == ON:
+            section.update(recorder=PARTIAL, note=(
+                f"the Flight Recorder's ring holds {size} entries: only its status was read "
+                "(reading every entry holds the GIL, freezing the script at every dump)"))
+        elif recorder == ON and not found["answers"]:
+            section.update(recorder=ERROR, note="PyTorch's Flight Recorder gave no readable answer")
         return section
     except Exception as error:
         return {"recorder": ERROR, "note": safetext.safe(f"the collectives could not be read: {type(error).__name__}", 200), "groups": []}

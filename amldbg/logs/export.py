@@ -499,7 +499,15 @@ class Exporter:
         with self._building:
             self.building.add(ident)
         try:
-            ch.sink = ch.factory()
+            try:
+                ch.sink = ch.factory()
+            except RuntimeError as error:
+                # CPython 3.12.0/3.12.1 at exit: the build was caught between the start of
+                # finalization and amldbg's exit hook; build again once the hook let the
+                # sinks load without new threads (see _late_imports_allowed).
+                if "new thread" not in str(error) or not _exit_window.wait(EXIT_WINDOW_WAIT):
+                    raise
+                ch.sink = ch.factory()
         except Exception as error:
             ch.broken = True
             reason = str(error)
@@ -614,10 +622,91 @@ def _late_imports_allowed(needed: bool) -> Iterator[None]:
                 setattr(owner, flag, False)
                 saved.append((owner, flag))
     try:
-        yield
+        with _without_new_threads(needed):
+            yield
     finally:
         for owner, flag in saved:
             setattr(owner, flag, True)
+
+
+@contextlib.contextmanager
+def _without_new_threads(needed: bool) -> Iterator[None]:
+    """Let a sink load at exit on an interpreter that starts no new thread then.
+
+    CPython 3.12.0 and 3.12.1 refuse every new thread once the interpreter began to finalize,
+    before threading's and atexit's hooks ("can't create new thread at interpreter
+    shutdown"; 3.12.2 moved that after them). While amldbg's exit hooks wait for the sinks,
+    the OpenTelemetry SDK's resource detectors then run inline (a thread pool that runs each
+    call in the caller's thread), and the OpenCensus sink leaves its handler's worker thread
+    unstarted (amldbg never uses it). A build that met the refusal before the hooks began
+    waits for this and runs again (see ``Exporter._build``). Elsewhere this does nothing.
+    """
+    global threads_refused
+    if not needed or not _new_threads_refused():
+        yield
+        return
+    import concurrent.futures
+
+    pool = concurrent.futures.ThreadPoolExecutor
+    concurrent.futures.ThreadPoolExecutor = _InlineExecutor  # type: ignore[misc,assignment]
+    threads_refused = True
+    _exit_window.set()
+    try:
+        yield
+    finally:
+        threads_refused = False
+        _exit_window.clear()
+        concurrent.futures.ThreadPoolExecutor = pool  # type: ignore[misc]
+
+
+#: True while the exit grace period runs on an interpreter that starts no new thread: a sink
+#: built then must not start one (see :func:`_late_imports_allowed`).
+threads_refused = False
+#: Set while :data:`threads_refused` is.
+_exit_window = threading.Event()
+#: How long a sink whose build met a refused thread waits for the exit hook, in seconds (the
+#: interpreter is finalizing then, so the hook comes at once).
+EXIT_WINDOW_WAIT = 5.0
+
+
+def _new_threads_refused() -> bool:
+    """Whether this interpreter refuses to start a thread now (CPython 3.12.0/3.12.1 at exit)."""
+    import _thread
+
+    try:
+        _thread.start_new_thread(lambda: None, ())
+    except RuntimeError:
+        return True
+    return False
+
+
+class _InlineExecutor:
+    """A ``ThreadPoolExecutor`` stand-in that runs each call at once in the caller's thread."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def submit(self, function: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        import concurrent.futures
+
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        try:
+            future.set_result(function(*args, **kwargs))
+        except BaseException as error:
+            future.set_exception(error)
+        return future
+
+    def map(self, function: Callable[..., Any], *iterables: Any, **kwargs: Any) -> Iterator[Any]:
+        return iter([function(*args) for args in zip(*iterables)])
+
+    def shutdown(self, wait: bool = True, **kwargs: Any) -> None:
+        pass
+
+    def __enter__(self) -> _InlineExecutor:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
 
 
 #: Called (in the thread that made it) each time this process's exporter makes a channel.
@@ -702,9 +791,13 @@ def _let_sinks_finish() -> None:
     with contextlib.suppress(Exception):
         exporter._exit_began = time.monotonic()
         deadline = exporter._exit_began + max(0.0, exporter.grace_period)
-        while time.monotonic() < deadline and any(
-                ch.sink is None and not ch.broken for ch in list(exporter.channels.values())):
-            time.sleep(0.01)
+
+        def loading() -> bool:
+            return any(ch.sink is None and not ch.broken for ch in list(exporter.channels.values()))
+
+        with _without_new_threads(loading()):
+            while time.monotonic() < deadline and loading():
+                time.sleep(0.01)
 
 
 def current_generation() -> int:

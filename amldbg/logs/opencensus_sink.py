@@ -34,10 +34,11 @@ only way to learn "retry" from "drop") the backend is off with one warning that 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
-from typing import Any
+from typing import Any, Iterator
 
 from amldbg.logs import context, envelopes, export, ingestion
 from amldbg.logs.connection import ConnectionString
@@ -97,6 +98,30 @@ def _install_spy(transport: Any) -> None:
         transport.requests = _ResponseSpy(current)
 
 
+@contextlib.contextmanager
+def _worker_unstarted(needed: bool) -> Iterator[None]:
+    """While ``needed`` (an interpreter that starts no new thread at exit, see
+    :data:`amldbg.logs.export.threads_refused`), an ``AzureLogHandler`` being built leaves its
+    worker thread unstarted instead of failing."""
+    worker_class = None
+    if needed:
+        from opencensus.ext.azure import log_exporter
+
+        worker_class = getattr(log_exporter, "Worker", None)
+    if worker_class is None:
+        yield
+        return
+    own = worker_class.__dict__.get("start")
+    worker_class.start = lambda self: None
+    try:
+        yield
+    finally:
+        if own is None:
+            del worker_class.start
+        else:
+            worker_class.start = own
+
+
 def _spy_of(transport: Any) -> _ResponseSpy | None:
     """The spy the transport module posts through now (looked up per request, not kept)."""
     current = getattr(transport, "requests", None)
@@ -118,13 +143,18 @@ class OpenCensusSink(export.Sink):
 
         self.connection = connection
         self._codes = transport.TransportStatusCode
-        self.handler = AzureLogHandler(
-            connection_string=connection.value,
-            enable_local_storage=False,
-            grace_period=0.5,
-        )
+        with _worker_unstarted(export.threads_refused):
+            self.handler = AzureLogHandler(
+                connection_string=connection.value,
+                enable_local_storage=False,
+                grace_period=0.5,
+            )
+        # amldbg sends through the handler's _transmit on its own export thread: the
+        # handler's worker thread is stopped (or was never started) and never used.
         worker = getattr(self.handler, "_worker", None)
-        if worker is not None and hasattr(worker, "stop"):
+        if worker is not None and not worker.is_alive():
+            self.handler._worker = None
+        elif worker is not None and hasattr(worker, "stop"):
             worker.stop(timeout=2.0)
         transmit = getattr(self.handler, "_transmit", None)
         if not callable(transmit) or not hasattr(self.handler, "log_record_to_envelope"):

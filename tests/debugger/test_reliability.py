@@ -254,8 +254,11 @@ def test_an_unresolvable_listen_host_is_looked_up_once(tmp_path: Path) -> None:
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_neither_reports_nor_reuses_its_parents_session(tmp_path: Path) -> None:
     path = script(tmp_path, """
-        import os, amldbg
+        import os, warnings, amldbg
         from amldbg.debugger import session as sessions
+        # Python >= 3.12 warns on stderr about fork() in a threaded process just as the child
+        # prints: the two outputs could interleave within one line.
+        warnings.filterwarnings("ignore", "This process .* is multi-threaded", DeprecationWarning)
         parent = amldbg.enable_remote_debug(timeout=0.5)
         print("parent", parent.mode, flush=True)
         pid = os.fork()

@@ -215,24 +215,37 @@ def test_appinsights_from_score_py_beside_the_servers_own_telemetry(tmp_path: Pa
     assert "NETGUARD" not in output and "amldbg: warning" not in output, output
 
 
-def test_amldbg_sets_no_global_provider_when_the_server_has_none(tmp_path: Path) -> None:
+@pytest.mark.parametrize("who", ["amldbg", "control"])
+def test_amldbg_sets_no_global_provider_when_the_server_has_none(tmp_path: Path, who: str) -> None:
     # Application Insights off for the server: the providers stay the API's proxies, also
-    # after amldbg's OpenTelemetry exporter delivered records.
+    # after amldbg's OpenTelemetry exporter delivered records. The control, a score.py that
+    # sets providers itself, shows that both checks see it: another class, and the warning
+    # of the refused second call.
+    extra = {"SCORE_SETS_PROVIDERS": "1"} if who == "control" else {}
     with IngestionServer() as ingestion:
         run, port = start(SCORE, tmp_path, AMLDBG_APPINSIGHTS_BACKEND="otel",
-                          APPLICATIONINSIGHTS_CONNECTION_STRING=ingestion.connection_string)
+                          APPLICATIONINSIGHTS_CONNECTION_STRING=ingestion.connection_string, **extra)
         with run:
             run.wait_for_line(READY, 60)
             status, answer = post(port, {"rows": [2, 4]})
             output = run.output
         envelopes = ingestion.wait_for(0, timeout=0)
     assert (status, answer["mean"], answer["delivered"]) == (200, 3.0, True), output
-    assert answer["after"] == answer["at_import"]
-    assert answer["after"]["logger"]["class"] == "opentelemetry._logs._internal.ProxyLoggerProvider"
-    assert answer["after"]["tracer"]["class"] == "opentelemetry.trace.ProxyTracerProvider"
     assert sorted(message(e) for e in envelopes) == ["init done", "scoring 2 rows"]
     assert all(from_amldbg(e) for e in envelopes)
     assert "NETGUARD" not in output and "amldbg: warning" not in output, output
+    proxies = {"logger": "opentelemetry._logs._internal.ProxyLoggerProvider",
+               "tracer": "opentelemetry.trace.ProxyTracerProvider"}
+    classes = {name: answer["after"][name]["class"] for name in proxies}
+    refused = [text for text in OVERRIDE_REFUSED if text in output]
+    if who == "control":
+        assert classes == {"logger": "opentelemetry.sdk._logs._internal.LoggerProvider",
+                           "tracer": "opentelemetry.sdk.trace.TracerProvider"}
+        assert refused == list(OVERRIDE_REFUSED), output
+        return
+    assert answer["after"] == answer["at_import"]
+    assert classes == proxies
+    assert refused == [], output
 
 
 def test_attach_in_run_while_the_server_sends_its_telemetry(tmp_path: Path) -> None:

@@ -5,7 +5,9 @@ which sets the global OpenTelemetry ``LoggerProvider`` and ``TracerProvider`` it
 ``AML_APP_INSIGHTS_ENABLED`` is true) before it loads this script. ``run()`` answers with the
 identity and class of both global providers as they were when the script was imported and as
 they are after amldbg's records were delivered, so the test sees, from inside the worker,
-whether amldbg replaced or added one.
+whether amldbg replaced or added one. With ``SCORE_SETS_PROVIDERS=1`` (the tests' control)
+``init()`` itself sets both providers twice, as code that does set one would: the first call
+replaces a proxy, the second is refused with the API's warning.
 """
 
 import json
@@ -35,6 +37,13 @@ def init():
     log.info("init done", extra={"custom_dimensions": {"stage": "init"}})
     # The server's print hook sends this to its own logger, azmlinfsrv.print.
     print("print from init")
+    if os.environ.get("SCORE_SETS_PROVIDERS") == "1":
+        from opentelemetry.sdk._logs import LoggerProvider
+        from opentelemetry.sdk.trace import TracerProvider
+
+        for _ in range(2):
+            _logs.set_logger_provider(LoggerProvider())
+            trace.set_tracer_provider(TracerProvider())
 
 
 @amldbg.debug_run
