@@ -14,7 +14,6 @@ venvs built one after the other first; each prints its counts and times.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -27,9 +26,9 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from venvs import build_seconds, interpreter, python_of, venv_for
 
 from processes import ROOT, child_env
-from venvs import build_seconds, interpreter, python_of, venv_for
 
 #: The versions amldbg claims besides 3.11 (setup.cfg's classifiers say the same).
 VERSIONS = ("3.10", "3.12", "3.13")
@@ -125,10 +124,8 @@ def pytest_argv(python: Path, basetemp: Path, junit: Path) -> list[str]:
 
 
 def _node_id(case: ElementTree.Element) -> str:
-    classname = case.get("classname", "")
-    module, _, klass = classname.partition(".") if False else (classname, "", "")
-    path = module.replace(".", "/") + ".py"
-    return f"{path}::{case.get('name', '')}"
+    """``tests/x/test_y.py::test_z[param]`` of a JUnit ``testcase`` (module-level tests)."""
+    return f"{case.get('classname', '').replace('.', '/')}.py::{case.get('name', '')}"
 
 
 def read_junit(junit: Path, outcome: Outcome) -> None:
@@ -149,6 +146,10 @@ def read_junit(junit: Path, outcome: Outcome) -> None:
         else:
             counts["passed"] += 1
     outcome.counts = counts
+
+
+#: The versions' pytest processes still running (killed when the module's tests end).
+_running: set[subprocess.Popen[bytes]] = set()
 
 
 def run_version(version: str, workdir: Path, builds: threading.Lock, slots: threading.Semaphore
@@ -188,9 +189,6 @@ def run_version(version: str, workdir: Path, builds: threading.Lock, slots: thre
     if junit.exists():
         read_junit(junit, outcome)
     return outcome
-
-
-_running: set[subprocess.Popen[bytes]] = set()
 
 
 @pytest.fixture(scope="module")
@@ -264,7 +262,3 @@ def test_deselections_name_real_tests() -> None:
         for prefix in prefixes:
             path, _, name = prefix.partition("::")
             assert f"def {name}" in (ROOT / path).read_text(), prefix
-
-
-if os.environ.get("AMLDBG_VERSIONS_ONLY"):  # pragma: no cover - a developer's shortcut
-    VERSIONS = tuple(v for v in VERSIONS if v in os.environ["AMLDBG_VERSIONS_ONLY"].split(","))

@@ -65,6 +65,7 @@ _STATE_TEXTS = {
     "off": "the Flight Recorder was off on {who}",
     "unavailable": "the Flight Recorder was unavailable on {who}",
     "error": "the Flight Recorder could not be read on {who}",
+    "partial": "only the Flight Recorder's status was read on {who}",
     DAMAGED: "the collectives in the dumps of {who} were damaged",
 }
 
@@ -125,9 +126,24 @@ def ranks_text(ranks: Iterable[int]) -> str:
     return ",".join(parts)
 
 
+#: Rank ranges one line names; the rest are counted.
+MAX_RANGES = 16
+
+
 def who(ranks: Sequence[int]) -> str:
-    """``rank 3``, ``ranks 2-3``, ``ranks 1, 3``."""
-    return f"rank{'s' if len(ranks) != 1 else ''} {ranks_text(ranks).replace(',', ', ')}"
+    """``rank 3``, ``ranks 2-3``, ``ranks 1, 3``; past :data:`MAX_RANGES` ranges, ``... and N
+    more`` (a line naming every other rank of 100,000 would be a megabyte)."""
+    parts = ranks_text(ranks).split(",") if ranks else []
+    shown = ", ".join(parts[:MAX_RANGES])
+    if len(parts) > MAX_RANGES:
+        named = sum(1 for part in parts[:MAX_RANGES] for _ in _range_members(part))
+        shown += f" and {len(ranks) - named} more"
+    return f"rank{'s' if len(ranks) != 1 else ''} {shown}"
+
+
+def _range_members(part: str) -> range:
+    first, _, last = part.partition("-")
+    return range(int(first), int(last or first) + 1)
 
 
 def _listed(sizes: Any) -> Any:
@@ -400,7 +416,9 @@ def _recorder_lines(summary: Mapping[str, Any], compared: int, findings: int) ->
     if summary["none"]:
         lines.append(f"collectives: no record from {who(summary['none'])} (an older amldbg, or "
                      f"no torch.distributed): {tail}")
-    if on and not findings:
+    if on and not findings and not compared:
+        lines.append(f"collectives: no collective recorded yet on {who(states[ON])}")
+    elif on and not findings:
         groups = "process group" if compared == 1 else "process groups"
         lines.append(f"collectives: no divergence in the {compared} {groups} compared "
                      f"({who(states[ON])})")

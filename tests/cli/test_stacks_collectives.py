@@ -606,3 +606,16 @@ def test_the_benchmark_job_is_shaped_like_the_schema(tmp_path: Path) -> None:
         f"{expect['pair'][0]}-{expect['pair'][1]} entered broadcast [[4096, 1024]] float instead",
     ]
     assert os.path.getsize(next(tmp_path.iterdir())) > 10_000
+
+
+def test_a_line_naming_thousands_of_ranks_is_bounded() -> None:
+    every_other = list(range(0, 20_000, 2))
+    text = collectives.who(every_other)
+    assert text.startswith("ranks 0, 2, 4, ") and text.endswith(" and 9984 more")
+    assert len(text) < 200
+
+
+def test_ranks_with_no_collective_yet_say_so_once(tmp_path: Path) -> None:
+    # Every rank is still in init_process_group: a recorder, and no group yet.
+    _, result = report(write(tmp_path, [dump(r, section()) for r in range(4)]))
+    assert result["collective_lines"] == ["collectives: no collective recorded yet on ranks 0-3"]

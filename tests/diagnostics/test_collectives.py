@@ -72,7 +72,7 @@ def line_dumps(output: str) -> list[dict[str, Any]]:
 def test_armed_before_the_process_group_every_dump_carries_its_collectives(tmp_path: Path) -> None:
     result, files = run(tmp_path, ARM + PROCESS_GROUP + COLLECTIVES + DUMP)
     assert result.returncode == 0, result.stderr
-    assert "buffer: 64" in result.stdout  # amldbg's small ring
+    assert "buffer: None" in result.stdout  # torch 2.13 keeps a ring of its own: left as it is
     (dump,) = files
     section = dump["collectives"]
     assert section["recorder"] == "on"
@@ -99,9 +99,23 @@ def test_armed_before_the_process_group_every_dump_carries_its_collectives(tmp_p
     assert short["last_enqueued"] == 13
 
 
-def test_armed_after_the_process_group_says_so_once_and_leaves_torch_alone(tmp_path: Path) -> None:
-    result, files = run(tmp_path, PROCESS_GROUP + ARM + COLLECTIVES + DUMP)
-    assert result.returncode == 0, result.stderr  # setting the ring late made torch abort at exit
+OLD_TORCH = """
+from amldbg.diagnostics import collectives
+collectives.ring_on_by_default = lambda: False  # as with a torch before 2.13
+"""
+
+
+def test_with_an_older_torch_amldbg_turns_a_small_ring_on_before_the_process_group(tmp_path: Path) -> None:
+    result, files = run(tmp_path, OLD_TORCH + ARM + PROCESS_GROUP + COLLECTIVES + DUMP)
+    assert result.returncode == 0, result.stderr
+    assert "buffer: 64" in result.stdout
+    assert not [line for line in result.stdout.splitlines() if line.startswith("amldbg: collectives")]
+    assert files[0]["collectives"]["recorder"] == "on"
+
+
+def test_with_an_older_torch_armed_after_the_process_group_says_so_and_leaves_torch_alone(tmp_path: Path) -> None:
+    result, files = run(tmp_path, OLD_TORCH + PROCESS_GROUP + ARM + COLLECTIVES + DUMP)
+    assert result.returncode == 0, result.stderr
     assert "buffer: None" in result.stdout
     lines = [line for line in result.stdout.splitlines() if line.startswith("amldbg: collectives")]
     assert lines == [
@@ -110,13 +124,32 @@ def test_armed_after_the_process_group_says_so_once_and_leaves_torch_alone(tmp_p
         "init_process_group, or set TORCH_FR_BUFFER_SIZE)"
     ]
     (dump,) = files
+    # A ring that is there all the same (this torch keeps one) is still read.
     section = dump["collectives"]
-    assert section["recorder"] == "late"
-    # Still says which groups the rank is in, without entries.
-    assert [(g["process_group"], g.get("size"), g.get("ranks"), g["entries"]) for g in section["groups"]] == [
-        ("default_pg", 1, None, []), ("pg 1", None, [0], []),
+    assert section["recorder"] == "on"
+    assert section["groups"][0]["last_enqueued"] == 13
+    assert dump["threads"]
+
+
+def test_armed_after_the_process_group_with_torchs_own_ring_reads_it(tmp_path: Path) -> None:
+    result, files = run(tmp_path, PROCESS_GROUP + ARM + COLLECTIVES + DUMP)
+    assert result.returncode == 0, result.stderr
+    assert not [line for line in result.stdout.splitlines() if line.startswith("amldbg: collectives")]
+    section = files[0]["collectives"]
+    assert section["recorder"] == "on"
+    assert [(g["process_group"], g.get("size"), g.get("ranks")) for g in section["groups"]] == [
+        ("default_pg", 1, None), ("pg 1", None, [0]),
     ]
-    assert dump["threads"]  # the stacks are all there
+    assert section["groups"][0]["last_enqueued"] == 13
+
+
+def test_a_large_ring_is_read_without_its_entries(tmp_path: Path) -> None:
+    result, files = run(tmp_path, ARM + PROCESS_GROUP + COLLECTIVES + DUMP, TORCH_FR_BUFFER_SIZE="100000")
+    assert result.returncode == 0, result.stderr
+    section = files[0]["collectives"]
+    assert section["recorder"] == "partial"
+    assert "100000 entries" in section["note"]
+    assert all(not g["entries"] for g in section["groups"])
 
 
 def test_a_ring_size_the_user_set_is_kept(tmp_path: Path) -> None:
@@ -167,7 +200,7 @@ def test_a_script_without_torch_never_imports_it(tmp_path: Path) -> None:
     result, files = run(tmp_path, ARM + DUMP + 'print("torch imported:", "torch" in sys.modules)\n')
     assert result.returncode == 0, result.stderr
     assert "torch imported: False" in result.stdout
-    assert "buffer: 64" in result.stdout  # ready for a process group made later
+    assert "buffer: None" in result.stdout  # torch 2.13 (installed, never imported) has its own ring
     (dump,) = files
     assert "collectives" not in dump
 

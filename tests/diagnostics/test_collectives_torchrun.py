@@ -48,6 +48,10 @@ EXPECTED = {
          "mismatch": [{"ranks": [2, 3], "op": "all_reduce", "sizes": [[5]]}]},
     ),
 }
+# Around a rank stuck before the default group's #4: subgroups whose ids differ between
+# ranks, gloo send/recv (counted in its status, not in its entries), a group made again.
+for _mode in ("subgroups", "p2p", "reinit"):
+    EXPECTED[_mode] = EXPECTED["stuck"]
 
 
 def dumps(output: str) -> list[dict[str, Any]]:
@@ -91,7 +95,8 @@ def test_the_verdict_names_the_collective_and_the_ranks(tmp_path: Path, mode: st
     for source in (folder, log):  # the dump files, and the driver log alone
         text = stacks(str(source))
         assert text.returncode == 0, text.stderr
-        assert line in text.stdout.splitlines(), text.stdout
+        # The one verdict, and no other collective line (no innocent rank named).
+        assert [x for x in text.stdout.splitlines() if x.startswith("collective")] == [line], text.stdout
         as_json = stacks(str(source), "--json")
         assert as_json.returncode == 0, as_json.stderr
         result = json.loads(as_json.stdout)
