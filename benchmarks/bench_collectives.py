@@ -1,10 +1,11 @@
-"""Figures for collectives in the dumps: the cost of PyTorch's Flight Recorder ring that amldbg
-turns on when a stall report or the on-demand triggers are armed.
+"""Figures for collectives in the dumps: the cost of the PyTorch Flight Recorder ring the dumps
+read (torch 2.13's own ring of 2,000 entries, which amldbg leaves as it is; with an older
+torch amldbg turns on one of 64).
 
 A collective-heavy loop (gloo, 2 ranks on 127.0.0.1, one ``all_reduce`` of a 64 KiB gradient
 per step and a small matrix product) runs with amldbg's stall report armed before the process
-group, once with the ring on (amldbg's default, ``TORCH_FR_BUFFER_SIZE=64``) and once with it
-off (``TORCH_FR_BUFFER_SIZE=0``), in interleaved rounds; each round starts both ranks afresh
+group, once with the ring on (what a job gets: ``TORCH_FR_BUFFER_SIZE`` unset) and once with
+it off (``TORCH_FR_BUFFER_SIZE=0``), in interleaved rounds; each round starts both ranks afresh
 (torch reads the ring size once per process). The figure is the speed with the ring on /
 off (goal >= 0.99), from the CPU time of both ranks' loops after a barrier (rank 0's wall
 time beside it).
@@ -56,7 +57,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _loop_seconds(steps: int, ring: str) -> tuple[float, float]:
+def _loop_seconds(steps: int, ring: str | None) -> tuple[float, float]:
     """The loop's wall time on rank 0 and the CPU time of both ranks' loops, both ranks
     started with ``TORCH_FR_BUFFER_SIZE=ring``."""
     port = str(_free_port())
@@ -64,7 +65,11 @@ def _loop_seconds(steps: int, ring: str) -> tuple[float, float]:
     for rank in range(2):
         env = child_env()
         env.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=port, TORCH_FR_BUFFER_SIZE=ring, OMP_NUM_THREADS="1")
+                   MASTER_PORT=port, OMP_NUM_THREADS="1")
+        env.pop("TORCH_FR_BUFFER_SIZE", None)
+        env.pop("TORCH_NCCL_TRACE_BUFFER_SIZE", None)
+        if ring is not None:
+            env["TORCH_FR_BUFFER_SIZE"] = ring
         procs.append(subprocess.Popen([PY, "-c", LOOP, str(steps)], env=env, text=True,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     try:
@@ -95,15 +100,15 @@ def ring_cost(quick: bool = False) -> Ratio:
     on_times = []
     for index in range(rounds):
         # ABBA: a drift of the machine hits both alike.
-        order = ("64", "0") if index % 2 == 0 else ("0", "64")
+        order = (None, "0") if index % 2 == 0 else ("0", None)
         times = {ring: _loop_seconds(steps, ring) for ring in order}
-        wall_pairs.append((times["0"][0], times["64"][0]))
-        cpu_pairs.append((times["0"][1], times["64"][1]))
-        on_times.append(times["64"][0])
+        wall_pairs.append((times["0"][0], times[None][0]))
+        cpu_pairs.append((times["0"][1], times[None][1]))
+        on_times.append(times[None][0])
     speed, wall = ratio(cpu_pairs), ratio(wall_pairs)
     per_step = min(on_times) / steps
     print(f"collective-heavy loop (gloo, 2 ranks, {per_step * 1e6:.0f} us per step, one all_reduce "
-          f"of 64 KiB each): speed with the Flight Recorder ring on (64 entries) vs off, CPU time "
+          f"of 64 KiB each): speed with the Flight Recorder ring on (torch's own) vs off, CPU time "
           f"of both ranks: {speed.text()} (goal >= 0.99: {goal_text(speed.median >= 0.99)}); "
           f"wall time of rank 0: {wall.text()}")
     return speed
