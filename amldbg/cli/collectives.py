@@ -111,10 +111,10 @@ class Record(NamedTuple):
 
 
 def ranks_text(ranks: Iterable[int]) -> str:
-    """``0-2,5``: ranks as ranges."""
+    """``0-2,5``: ranks as ranges (each rank once)."""
     parts: list[str] = []
     start = previous = None
-    for rank in sorted(ranks):
+    for rank in sorted(set(ranks)):
         if previous is not None and rank == previous + 1:
             previous = rank
             continue

@@ -31,9 +31,10 @@ import base64
 import hashlib
 import html
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from amldbg.cli.collectives import ranks_text
 from amldbg.core import safetext
 
 __all__ = ["render"]
@@ -66,22 +67,6 @@ def _ranks(value: Any) -> list[int]:
     if not isinstance(value, (list, tuple)):
         return []
     return sorted({v for v in value if isinstance(v, int) and not isinstance(v, bool) and v >= 0})
-
-
-def ranks_text(ranks: Iterable[int]) -> str:
-    """``0-2,5``: ranks in ranges."""
-    parts: list[str] = []
-    start = previous = None
-    for rank in sorted(set(ranks)):
-        if previous is not None and rank == previous + 1:
-            previous = rank
-            continue
-        if start is not None:
-            parts.append(str(start) if start == previous else f"{start}-{previous}")
-        start = previous = rank
-    if start is not None:
-        parts.append(str(start) if start == previous else f"{start}-{previous}")
-    return ",".join(parts)
 
 
 def _plural(count: int, word: str, many: str | None = None) -> str:
