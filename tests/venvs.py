@@ -177,6 +177,21 @@ def venv_for(python: str, requirements: Sequence[str], name: str) -> Path:
     return venv
 
 
+#: The venv of each claimed version besides 3.11: amldbg (editable) with every extra that
+#: installs there and that the interpreter-dependent tests drive, and pytest. Shared by
+#: tests/test_python_versions.py and benchmarks/bench_versions.py.
+MATRIX_REQUIREMENTS = (
+    f"-e {ROOT}[debug,appinsights,otel,mlflow,cli]",
+    "pytest>=7",
+    "pytest-timeout>=2",
+)
+
+
+def matrix_venv(version: str) -> Path:
+    """``ROOT/.venvs/py<version>``: the version matrix's venv for ``version`` ("3.12")."""
+    return venv_for(version, MATRIX_REQUIREMENTS, f"py{version}")
+
+
 def build_seconds(venv: Path) -> float | None:
     """How long the last build of ``venv`` took (None when it was never built here)."""
     try:
