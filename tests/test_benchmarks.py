@@ -52,6 +52,14 @@ EXPECTED = {
         r"^amldbg stacks over \d+ ranks, the text report: [\d.]+ s wall, [\d.]+ s CPU, peak RSS \d+ MiB",
         r"^amldbg stacks over \d+ ranks, --html FILE \(the page\): [\d.]+ s wall, [\d.]+ s CPU, peak RSS \d+ MiB, page [\d.]+ MiB",
     ],
+    "bench_versions.py": [
+        rf"^Python 3\.{v}\.\d+: {figure}" for v in ("11", "12", "13") for figure in (
+            r"after a wait nobody answered, main thread vs never enabled: [\d.]+ \(.*\) \(goal >= 0\.95\)",
+            r"after a wait nobody answered, a _thread\.start_new_thread thread: [\d.]+ \(.*\) \(goal >= 0\.95\)",
+            r"attached, no breakpoints, main thread loop: [\d.]+ \(",
+            r"a late client stops in threads started after the wait: main (yes|no).*, C (yes|no)",
+        )
+    ],
     "run_all.py": [
         r"^== amldbg performance figures \(--quick",
         r"^pure-Python speed, main thread, after a wait that timed out.*[\d.]+ \(.*>= 0\.95",
