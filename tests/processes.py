@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import signal
 import subprocess
@@ -16,6 +17,19 @@ from typing import Any, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
+
+
+def debug_base_port() -> int:
+    """Two free consecutive ports below the ephemeral range, where the debug adapters' own
+    connections (which take ephemeral ports) cannot take the second one meanwhile."""
+    low = 20_000
+    with contextlib.suppress(OSError, ValueError):
+        low = min(low, int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]) - 2_000)
+    for _ in range(100):
+        base = random.randrange(max(1_024, low - 8_000), low)
+        if all(port_free(port) for port in (base, base + 1)):
+            return base
+    raise RuntimeError("no two consecutive free ports")
 
 
 def child_env(**extra: str) -> dict[str, str]:

@@ -373,11 +373,7 @@ def _group(raw: Any, shared: Shared | None) -> collectives.Group:
     if not isinstance(pg, str) or not pg:
         raise DamagedCollectives("a process group without its name")
     pg = clean(pg, 100)
-    entries = raw.get("entries")
-    if entries is None:
-        entries = []
-    if not isinstance(entries, list):
-        raise DamagedCollectives("invalid entries")
+    entries = _list_field(raw, "entries")
     group = collectives.Group(
         _text(raw.get("process_group"), "process group", 100) or pg, pg,
         _members(raw.get("ranks"), shared),
@@ -387,6 +383,16 @@ def _group(raw: Any, shared: Shared | None) -> collectives.Group:
         tuple(_entry(entry, shared) for entry in entries[-_MAX_ENTRIES:]),
     )
     return shared.one(group) if shared is not None else group
+
+
+def _list_field(raw: Mapping[str, Any], key: str) -> list[Any]:
+    """``raw[key]``: a list, or none (absent or null); :class:`DamagedCollectives` else."""
+    value = raw.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise DamagedCollectives(f"invalid {key}")
+    return value
 
 
 def parse_collectives(raw: Any, shared: Shared | None = None) -> collectives.Record:
@@ -400,11 +406,7 @@ def parse_collectives(raw: Any, shared: Shared | None = None) -> collectives.Rec
     recorder = raw.get("recorder")
     if not isinstance(recorder, str):
         raise DamagedCollectives("no recorder state")
-    groups = raw.get("groups")
-    if groups is None:
-        groups = []
-    if not isinstance(groups, list):
-        raise DamagedCollectives("invalid groups")
+    groups = _list_field(raw, "groups")
     record = collectives.Record(
         clean(recorder, 20), _text(raw.get("note"), "note", 300) or "",
         _text(raw.get("backend"), "backend", 40) or "",

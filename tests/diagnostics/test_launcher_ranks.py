@@ -14,11 +14,9 @@ launcher really set gives the launcher's local rank (the debug port is base + lo
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import os
-import random
 import re
 import subprocess
 import sys
@@ -30,7 +28,7 @@ import pytest
 
 from amldbg.core import environment
 from conftest import free_port
-from processes import ROOT, RunningGroup, child_env, port_free, reap_debug_adapters
+from processes import ROOT, RunningGroup, child_env, debug_base_port, reap_debug_adapters
 
 # Looked up (importing them costs seconds), never importorskip'd: the launchers are part of
 # the test extra, and a missing one must fail the run instead of skipping these tests.
@@ -131,19 +129,6 @@ def release(out: Path) -> None:
     (out / "release").write_text("")
 
 
-def debug_base_port() -> int:
-    """Two free consecutive ports below the ephemeral range, where the debug adapters' own
-    connections (which take ephemeral ports) cannot take the second one meanwhile."""
-    low = 20_000
-    with contextlib.suppress(OSError, ValueError):
-        low = min(low, int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]) - 2_000)
-    for _ in range(100):
-        base = random.randrange(max(1_024, low - 8_000), low)
-        if all(port_free(port) for port in (base, base + 1)):
-            return base
-    raise RuntimeError("no two consecutive free ports")
-
-
 def debug_flags(base: int) -> list[str]:
     """Every rank listens (without waiting for a client) on base + its local rank."""
     return ["--remote_debug", "--remote_debug_ranks", "all", "--remote_debug_connection_timeout", "0",
@@ -164,23 +149,31 @@ def check_ports(output: str, found: dict[int, dict[str, Any]], base: int) -> Non
         assert listening[found[rank]["pid"]] == (rank, base + local, "listening"), output
 
 
-def test_torch_multiprocessing_spawn_ranks(tmp_path: Path) -> None:
-    """spawn sets no variable: the rank is the index spawn passed to fn, then torch's."""
+def run_listening(tmp_path: Path, launcher: str, env: dict[str, str]) -> dict[int, dict[str, Any]]:
+    """Run the job under ``launcher`` with every rank's debugger listening: wait until both
+    ranks stalled, check their stall reports and that each listens on base + its local rank,
+    let them finish; each rank's record."""
     out, dumps = tmp_path / "out", tmp_path / "dumps"
-    out.mkdir()
-    env = job_env(tmp_path, TEST_SPAWN_PORT=str(free_port()))
     base = debug_base_port()
-    argv = [SCRIPT, "spawn", "--out", str(out), *STALL, *debug_flags(base)]
+    argv = [SCRIPT, launcher, "--out", str(out), *STALL, *debug_flags(base)]
     try:
         with RunningGroup(argv, env=env, cwd=tmp_path) as run:
             found = wait_until_stalled(run, out, dumps)
-            check_stall_report(dumps, found, "spawn")
-            # Both children listen, each on its own port (not both on base).
+            check_stall_report(dumps, found, launcher)
             check_ports(run.output, found, base)
             release(out)
             assert run.wait(120) == 0, run.output
     finally:
         reap_debug_adapters([base, base + 1])
+    return found
+
+
+def test_torch_multiprocessing_spawn_ranks(tmp_path: Path) -> None:
+    """spawn sets no variable: the rank is the index spawn passed to fn, then torch's."""
+    (tmp_path / "out").mkdir()
+    env = job_env(tmp_path, TEST_SPAWN_PORT=str(free_port()))
+    # Both children listen, each on its own port (not both on base).
+    found = run_listening(tmp_path, "spawn", env)
     for rank in (0, 1):
         # Nothing to read from the variables: the launcher added none.
         assert not {"RANK", "LOCAL_RANK", "WORLD_SIZE"} & set(added(found[rank], env))
@@ -216,21 +209,10 @@ def test_torch_multiprocessing_spawn_crash_report_names_the_rank(tmp_path: Path)
 def test_lightning_ddp_launcher_ranks(tmp_path: Path) -> None:
     """Lightning re-runs the script for rank 1 with LOCAL_RANK, NODE_RANK, WORLD_SIZE and no
     RANK; the user's own process is rank 0 and gets the same variables when fit starts."""
-    out, dumps = tmp_path / "out", tmp_path / "dumps"
-    out.mkdir()
+    (tmp_path / "out").mkdir()
     env = job_env(tmp_path, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    base = debug_base_port()
-    argv = [SCRIPT, "lightning", "--out", str(out), *STALL, *debug_flags(base)]
-    try:
-        with RunningGroup(argv, env=env, cwd=tmp_path) as run:
-            found = wait_until_stalled(run, out, dumps)
-            check_stall_report(dumps, found, "lightning")
-            # The user's process listens on base at its start, Lightning's child on base + 1.
-            check_ports(run.output, found, base)
-            release(out)
-            assert run.wait(120) == 0, run.output
-    finally:
-        reap_debug_adapters([base, base + 1])
+    # The user's process listens on base at its start, Lightning's child on base + 1.
+    found = run_listening(tmp_path, "lightning", env)
     assert found[1]["pid"] != found[0]["pid"]
     child = added(found[1], env)
     assert {"LOCAL_RANK", "NODE_RANK", "WORLD_SIZE"} <= set(child) and "RANK" not in child

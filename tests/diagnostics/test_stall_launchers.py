@@ -4,10 +4,8 @@ last rank is stuck in user code while the others wait for it in ``all_reduce``."
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import random
 import re
 import shutil
 import signal
@@ -24,7 +22,7 @@ import pytest
 import torch.distributed  # noqa: F401
 
 from conftest import free_port
-from processes import ROOT, SAMPLES, RunningGroup, child_env, port_free, reap_debug_adapters
+from processes import ROOT, SAMPLES, RunningGroup, child_env, debug_base_port, reap_debug_adapters
 
 pytestmark = pytest.mark.slow
 
@@ -100,19 +98,6 @@ def test_torchrun_stall_report_names_the_stuck_rank_and_sigusr1_leaves_ranks_run
 def mpiexec() -> str | None:
     found = Path(sys.executable).with_name("mpiexec")
     return str(found) if found.exists() else shutil.which("mpiexec")
-
-
-def debug_base_port() -> int:
-    """Two free consecutive ports below the ephemeral range, where the debug adapters' own
-    connections (which take ephemeral ports) cannot take the second one meanwhile."""
-    low = 20_000
-    with contextlib.suppress(OSError, ValueError):
-        low = min(low, int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0]) - 2_000)
-    for _ in range(100):
-        base = random.randrange(max(1_024, low - 8_000), low)
-        if all(port_free(port) for port in (base, base + 1)):
-            return base
-    raise RuntimeError("no two consecutive free ports")
 
 
 def test_mpiexec_ranks_ports_and_stall_report(tmp_path: Path) -> None:
