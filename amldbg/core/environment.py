@@ -64,6 +64,16 @@ class Topology:
         return self.world_size > 1
 
 
+def debug_port(base: int, local_index: int) -> int:
+    """The port a process debugs on: the base port plus its index on this node.
+
+    Each process on a node needs a port of its own, so local process ``i`` uses ``base + i``
+    (local rank for launchers, worker index for the inference server, process index for
+    ParallelRunStep). ``0`` (any free port) stays ``0``.
+    """
+    return base + local_index if base else base
+
+
 # Variables only some launchers set, which tell them apart (the rank variables are shared).
 _DEEPSPEED_MARKERS = ("CROSS_RANK", "LOCAL_SIZE")  # deepspeed.launcher.launch
 _ACCELERATE_MARKERS = ("ACCELERATE_MIXED_PRECISION", "ACCELERATE_DYNAMO_BACKEND")
