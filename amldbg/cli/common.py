@@ -1,15 +1,23 @@
-"""What every ``amldbg`` command shares: exit statuses, the one-line error, argument types."""
+"""What every ``amldbg`` command shares: exit statuses, the one-line error, argument types,
+and how a command module adds itself (:data:`Commands`)."""
 
 from __future__ import annotations
 
 import argparse
-from typing import NoReturn
+from typing import NoReturn, TypeAlias
 
 from amldbg.core import safetext, settings
 
 EXIT_OK = 0
 EXIT_NEGATIVE = 1
 EXIT_USAGE = 2
+
+#: The subcommands of a parser (what ``add_subparsers`` returns, each a :class:`Parser`).
+#: Every command module has ``register(commands: Commands) -> None``, which adds its parser
+#: with ``commands.add_parser(NAME, help=..., formatter_class=formatter, ...)``, its options,
+#: and ``set_defaults(run=cmd_NAME)``: ``cmd_NAME(args, out) -> int`` runs the command,
+#: writes its answer to ``out`` and returns the exit status.
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def printable(text: object) -> str:

@@ -4,44 +4,47 @@ and logging need.
 Each check gives one line, ``ok`` or ``FAIL``. Without ``--send-test`` nothing here contacts
 another machine: the port and listen-address checks bind a socket on this machine and close
 it at once, and the reverse-connect client is only checked for form. Packages are looked up
-with ``importlib.util.find_spec`` and ``importlib.metadata``, so debugpy, azureml-core and
-the exporters are never imported.
+without being imported (:mod:`.checks`).
 
-``--send-test`` sends one marked trace through amldbg's own Application Insights sink (the
-backend and connection string the script would use) and reports, in one line, whether the
-ingestion endpoint accepted it, rejected it (with the service's reason), could not be
-reached, or whether the connection string is malformed.
+``--send-test`` (:mod:`.send_test`) sends one marked trace through amldbg's own Application
+Insights sink (the backend and connection string the script would use) and reports, in one
+line, whether the ingestion endpoint accepted it, rejected it (with the service's reason),
+could not be reached, or whether the connection string is malformed.
 
-What doctor resolves agrees with what the script does: an invalid ``AMLDBG_*`` value is
-reported and replaced by the default the script falls back to (off, for every switch), the
-fallback port is looked for among the ports the script tries, and every line is masked
-(instrumentation keys, URL user info, ``Authorization=`` values) before it is printed.
+What doctor resolves agrees with what the script does: it walks the tables of settings
+(:data:`amldbg.core.settings.FLAGS`, :data:`amldbg.logs.settings.LOG_SETTINGS`) and takes
+the parser's verdict on each variable (:func:`amldbg.core.settings.judge_env`), so an
+invalid ``AMLDBG_*`` value is reported and replaced by the default the script falls back to
+(off, for every switch); the fallback port is looked for among the ports the script tries,
+and every line is masked (instrumentation keys, URL user info, ``Authorization=`` values)
+before it is printed.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
-import http
-import importlib.util
 import ipaddress
 import json
-import logging
 import os
 import platform
-import re
 import sys
-import threading
-import time
-import uuid
-from importlib import metadata
-from typing import Any, Callable, Iterable, Mapping, TextIO
+from typing import Any, Mapping, TextIO
 
-from amldbg.cli.common import EXIT_NEGATIVE, EXIT_OK
-from amldbg.core import environment, safetext, secrets
+from amldbg.cli.checks import (
+    Check,
+    backend_missing,
+    env_problem,
+    ikey_without_connection_string,
+    importable,
+    masked,
+    resolve_backend,
+    version_of,
+)
+from amldbg.cli.common import EXIT_NEGATIVE, EXIT_OK, Commands, formatter
+from amldbg.cli.send_test import DEFAULT_SEND_TIMEOUT, send_test
+from amldbg.core import args as core_args
+from amldbg.core import environment
 from amldbg.core import settings as core_settings
-from amldbg.core.guard import describe
 from amldbg.debugger.start import PORT_ATTEMPTS
 from amldbg.diagnostics import envsnap
 from amldbg.logs import connection
@@ -58,108 +61,7 @@ OPTIONAL_SINKS = (
      "azure-monitor-opentelemetry-exporter", "azure.monitor.opentelemetry.exporter"),
     ("mlflow (run metrics)", "mlflow-skinny", "mlflow"),
 )
-_BACKEND_DISTRIBUTIONS = {
-    "opencensus": ("opencensus-ext-azure", "opencensus.ext.azure", "appinsights"),
-    "otel": ("azure-monitor-opentelemetry-exporter", "azure.monitor.opentelemetry.exporter", "otel"),
-}
-
-#: Instrumentation-key variables people set instead of a connection string (the classic SDK's,
-#: and the Azure ML inference server's, which it reads only with AML_APP_INSIGHTS_ENABLED=true).
-IKEY_ENV = "APPINSIGHTS_INSTRUMENTATIONKEY"
-INFERENCE_SERVER_IKEY_ENV = "AML_APP_INSIGHTS_KEY"
-INFERENCE_SERVER_ENABLED_ENV = "AML_APP_INSIGHTS_ENABLED"
-
-#: ``--timeout`` of ``--send-test``: seconds for loading the exporter and the ingestion answer.
-DEFAULT_SEND_TIMEOUT = 10.0
-#: The logger name and the custom dimension that mark the test trace.
-SEND_TEST_LOGGER = "amldbg.doctor"
-SEND_TEST_DIMENSION = "amldbg_send_test"
-SEND_TEST_ID_DIMENSION = "amldbg_send_test_id"
-#: Slack after ``--timeout`` for the sending thread to return (a request may overrun its
-#: own timeout by a scheduling delay).
-_JOIN_MARGIN = 1.0
-
-#: Longest detail shown for a value or a message read from elsewhere.
-_MAX_SHOWN = 300
-
-
-# -- what is printed -----------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class Check:
-    """One doctor check: a short name, whether it passed, and a one-line detail.
-
-    ``outcome`` is set for the send test only: ``accepted``, ``rejected``, ``unreachable``,
-    ``malformed``, ``not-configured``, ``backend-missing`` or ``backend-error``.
-    """
-
-    name: str
-    ok: bool
-    detail: str
-    outcome: str | None = None
-
-    def line(self, width: int = 0) -> str:
-        """``ok    name  detail`` or ``FAIL  name  detail``."""
-        return f"{'ok  ' if self.ok else 'FAIL'}  {self.name.ljust(width)}  {self.detail}"
-
-    def to_dict(self) -> dict[str, Any]:
-        """The check as JSON-ready data (``outcome`` only when set)."""
-        data: dict[str, Any] = {"name": self.name, "ok": self.ok, "detail": self.detail}
-        if self.outcome is not None:
-            data["outcome"] = self.outcome
-        return data
-
-
-def _secret_values(env: Mapping[str, str]) -> list[str]:
-    """Values in ``env`` that must never be printed, longest first: those of secret-looking
-    names (:func:`amldbg.core.secrets.is_secret_name`), the instrumentation-key variables,
-    and the key and ``Authorization`` of the connection string."""
-    found: set[str] = set()
-    for name, value in env.items():
-        value = str(value).strip()
-        # Keys and tokens are long; a short value ("true", "1") must stay readable elsewhere.
-        if len(value) >= 8 and (secrets.is_secret_name(name) or name in (IKEY_ENV, INFERENCE_SERVER_IKEY_ENV)):
-            found.add(value)
-    for segment in env.get(connection.CONNECTION_STRING_ENV, "").split(";"):
-        key, _, value = segment.partition("=")
-        if key.strip().lower() in ("instrumentationkey", "authorization") and len(value.strip()) >= 4:
-            found.update((value.strip(), value.strip().lower()))
-    return sorted(found, key=len, reverse=True)
-
-
-def scrub(text: str, known: Iterable[str] = ()) -> str:
-    """``text`` safe to print on one line: the ``known`` secret values and whatever
-    :func:`amldbg.core.secrets.mask_value` recognises (URL user info, ``Authorization=``,
-    ``InstrumentationKey=`` and other credential shapes) masked, then control, bidi and
-    line-separator characters escaped (:func:`amldbg.core.safetext.safe`)."""
-    for secret in known:
-        if secret:
-            text = text.replace(secret, secrets.MASK)
-    return safetext.safe(text)
-
-
-def _shown(value: str) -> str:
-    """A value read from the environment or a service, shortened for one line."""
-    value = str(value)
-    return value if len(value) <= _MAX_SHOWN else value[: _MAX_SHOWN - 3] + "..."
-
-
 # -- packages --------------------------------------------------------------------------------
-def _version_of(distribution: str) -> str | None:
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _importable(module: str) -> bool:
-    # find_spec of a dotted name imports the parents (namespace packages here, which are
-    # cheap); a broken parent counts as "not importable".
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
-
-
 def check_python() -> Check:
     """The interpreter that runs amldbg (always passes; says which)."""
     return Check("python", True, f"{platform.python_version()} at {sys.executable}")
@@ -167,9 +69,9 @@ def check_python() -> Check:
 
 def check_debugpy() -> Check:
     """debugpy importable, and recent enough for amldbg's timed wait."""
-    if not _importable("debugpy"):
+    if not importable("debugpy"):
         return Check("debugpy", False, "not installed: pip install 'amldbg[debug]' (or debugpy)")
-    version = _version_of("debugpy") or "unknown version"
+    version = version_of("debugpy") or "unknown version"
     release = envsnap.release(version)
     if release and release < MIN_DEBUGPY:
         wanted = ".".join(map(str, MIN_DEBUGPY))
@@ -178,32 +80,6 @@ def check_debugpy() -> Check:
 
 
 # -- remote-debug settings ---------------------------------------------------------------------
-def _describe_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "off" if not value else "on"
-    if isinstance(value, tuple):
-        return ",".join(map(str, value))
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return "all" if value is None else str(value)
-
-
-def _invalid_env(name: str, raw: str, parse: Callable[[Any], Any], default: Any,
-                 blank_is_default: bool = True) -> str | None:
-    """What is wrong with ``name=raw`` as ``core_settings.read_env`` sees it, else ``None``.
-
-    Mirrors ``read_env``: a blank value is the default (for switches, blank is off and
-    parsed as such), an unparsable one warns in the script and gives ``default``.
-    """
-    if blank_is_default and not str(raw).strip():
-        return None
-    try:
-        parse(raw)
-    except ValueError as error:
-        return f"{name}: {_shown(str(error))}; the script warns and uses {_describe_value(default)}"
-    return None
-
-
 def settings_checks(
     env: Mapping[str, str], overrides: Mapping[str, Any]
 ) -> tuple[list[Check], core_settings.DebugSettings]:
@@ -215,10 +91,7 @@ def settings_checks(
     problems: list[str] = []
     clean = dict(env)
     for flag in core_settings.FLAGS:
-        raw = env.get(flag.env_var)
-        if raw is None:
-            continue
-        problem = _invalid_env(flag.env_var, raw, flag.parse, flag.default, blank_is_default=not flag.is_switch)
+        problem = env_problem(flag.verdict(env))
         if problem is not None:
             problems.append(problem)
             del clean[flag.env_var]  # resolves to the default, without a warning line here
@@ -287,53 +160,22 @@ def check_client(client: str, env: Mapping[str, str]) -> Check:
 def check_node_address(env: Mapping[str, str]) -> Check:
     """The address amldbg would announce for this node."""
     address, how = environment.node_address(env)
-    if environment.is_loopback(address) and not env.get(environment.NODE_ADDRESS_OVERRIDE):
+    override = core_settings.NODE_ADDRESS
+    if environment.is_loopback(address) and not override.verdict(env).raw:
         return Check(
             "node address", False,
-            f"{address} ({how}): only reachable from this machine; set {environment.NODE_ADDRESS_OVERRIDE}",
+            f"{address} ({how}): only reachable from this machine; set {override.env_var}",
         )
     return Check("node address", True, f"{address} (chosen by {how})")
 
 
 # -- Application Insights ---------------------------------------------------------------------
-_parse_backend = core_settings.parse_choice(log_settings.BACKENDS)
-
-
-def resolve_backend(env: Mapping[str, str]) -> tuple[str, str | None]:
-    """The backend the script would use, and what is wrong with ``AMLDBG_APPINSIGHTS_BACKEND``
-    (``None`` when nothing): an invalid value means the default, as in the script."""
-    raw = env.get(log_settings.BACKEND_ENV)
-    if raw is None or not raw.strip():
-        return log_settings.DEFAULT_BACKEND, None
-    problem = _invalid_env(log_settings.BACKEND_ENV, raw, _parse_backend, log_settings.DEFAULT_BACKEND)
-    if problem is not None:
-        return log_settings.DEFAULT_BACKEND, problem
-    return str(_parse_backend(raw)), None
-
-
-def _backend_missing(backend: str) -> str | None:
-    distribution, module, extra = _BACKEND_DISTRIBUTIONS[backend]
-    if _version_of(distribution) is None or not _importable(module.split(".", 1)[0]):
-        return (f"the {backend} exporter ({distribution}) is not installed: "
-                f"pip install 'amldbg[{extra}]'")
-    return None
-
-
-def _ikey_without_connection_string(env: Mapping[str, str]) -> str | None:
-    if env.get(IKEY_ENV, "").strip():
-        return IKEY_ENV
-    if env.get(INFERENCE_SERVER_IKEY_ENV, "").strip() and \
-            env.get(INFERENCE_SERVER_ENABLED_ENV, "").strip().lower() == "true":
-        return INFERENCE_SERVER_IKEY_ENV
-    return None
-
-
 def check_connection_string(env: Mapping[str, str]) -> Check:
     """The Application Insights connection string, when set, is well formed (key masked),
     and the backend the script would use is installed."""
     raw = env.get(connection.CONNECTION_STRING_ENV, "").strip()
     if not raw:
-        ikey = _ikey_without_connection_string(env)
+        ikey = ikey_without_connection_string(env)
         if ikey is not None:
             return Check(
                 "app insights", False,
@@ -348,7 +190,7 @@ def check_connection_string(env: Mapping[str, str]) -> Check:
         # The parser's messages never contain the key; the value itself is never shown.
         return Check("app insights", False, f"{connection.CONNECTION_STRING_ENV} is malformed: {error}")
     backend, problem = resolve_backend(env)
-    missing = _backend_missing(backend)
+    missing = backend_missing(backend)
     shown = parsed.masked()
     if problem is not None:
         return Check("app insights", False, f"{problem}; {shown}" + (f"; {missing}" if missing else ""))
@@ -363,20 +205,8 @@ def check_connection_string(env: Mapping[str, str]) -> Check:
     return Check("app insights", True, f"{shown} ({backend} exporter){aad}")
 
 
-_LOG_VARIABLES: tuple[tuple[str, Callable[[Any], Any], Any], ...] = (
-    (log_settings.ALL_RANKS_ENV, core_settings.parse_bool, False),
-    (log_settings.GRACE_ENV, core_settings.parse_timeout, log_settings.DEFAULT_GRACE_PERIOD),
-    (log_settings.QUEUE_ENV, core_settings.parse_positive_int, log_settings.DEFAULT_QUEUE_SIZE),
-    (log_settings.METRICS_ENV, core_settings.parse_choice(log_settings.METRIC_DESTINATIONS), "auto"),
-)
-
-
-def _log_value(env: Mapping[str, str], name: str, parse: Callable[[Any], Any], default: Any) -> tuple[Any, str | None]:
-    raw = env.get(name)
-    if raw is None or not raw.strip():
-        return default, None
-    problem = _invalid_env(name, raw, parse, default)
-    return (default, problem) if problem is not None else (parse(raw), None)
+# Judged on the "app insights" line when a connection string is set.
+_JUDGED_WITH_THE_CONNECTION = ("connection_string", "backend")
 
 
 def check_delivery(env: Mapping[str, str]) -> Check | None:
@@ -389,8 +219,12 @@ def check_delivery(env: Mapping[str, str]) -> Check | None:
     """
     problems: list[str] = []
     values: dict[str, Any] = {}
-    for name, parse, default in _LOG_VARIABLES:
-        values[name], problem = _log_value(env, name, parse, default)
+    for row in log_settings.ENV_SETTINGS:
+        if row.name in _JUDGED_WITH_THE_CONNECTION:
+            continue
+        verdict = row.verdict(env)
+        values[row.name] = verdict.value
+        problem = env_problem(verdict)
         if problem is not None:
             problems.append(problem)
     configured = bool(env.get(connection.CONNECTION_STRING_ENV, "").strip())
@@ -401,13 +235,13 @@ def check_delivery(env: Mapping[str, str]) -> Check | None:
             problems.append(backend_problem)
         return Check("delivery", False, "; ".join(problems)) if problems else None
     topology = environment.topology(env)
-    all_ranks = bool(values[log_settings.ALL_RANKS_ENV])
+    all_ranks = bool(values["all_ranks"])
     if topology.rank != 0 and not all_ranks:
         problems.append(
             f"this process is rank {topology.rank} of {topology.world_size}: only rank 0 sends to "
             f"Application Insights (set {log_settings.ALL_RANKS_ENV}=1 to send from every rank)"
         )
-    grace = float(values[log_settings.GRACE_ENV])
+    grace = float(values["grace_period"])
     notes = []
     if grace == 0:
         notes.append(f"{log_settings.GRACE_ENV}=0: records still queued when the script ends are dropped")
@@ -426,8 +260,8 @@ def check_sinks() -> Check:
     found = []
     missing = []
     for label, distribution, module in OPTIONAL_SINKS:
-        version = _version_of(distribution)
-        if version is not None and _importable(module.split(".", 1)[0]):
+        version = version_of(distribution)
+        if version is not None and importable(module.split(".", 1)[0]):
             found.append(f"{label.split(' ', 1)[0]} {version}")
         else:
             missing.append(label.split(" ", 1)[0])
@@ -456,278 +290,6 @@ def check_job(env: Mapping[str, str]) -> Check:
     return Check("azure ml", True, f"{job}; {where}")
 
 
-# -- the send test ---------------------------------------------------------------------------
-class _TransportCapture(logging.Handler):
-    """Keeps the exporters' messages made on the sending thread, and keeps them from printing.
-
-    A filter on each of the exporters' transport loggers
-    (:data:`amldbg.logs.envelopes.TRANSPORT_LOGGERS`) takes the sending thread's records and
-    stops them there, so no handler of the script's (or ``logging.lastResort``) prints them;
-    as a handler on the exporters' parent loggers it takes what other loggers of theirs say
-    on that thread. ``urllib3.connectionpool`` is lowered to DEBUG meanwhile, for its
-    ``"POST /v2.1/track HTTP/1.1" 400`` line: the one place both backends show the HTTP
-    status of the ingestion answer.
-    """
-
-    PARENTS = ("opencensus", "azure", "urllib3", "requests")
-    LOUDER = {"urllib3.connectionpool": logging.DEBUG}
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.thread: int | None = None
-        self.messages: list[str] = []
-        self.keep = False
-        self._levels: dict[str, int] = {}
-        self._filtered: list[logging.Logger] = []
-
-    def _take(self, record: logging.LogRecord) -> bool:
-        """True (and the message kept) for a record made on the sending thread."""
-        if self.thread is None or record.thread != self.thread:
-            return False
-        try:
-            self.messages.append(record.getMessage())
-        except Exception:
-            self.messages.append(str(record.msg))
-        return True
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        """As a logger filter: the sending thread's records stop here, the others go on."""
-        return not self._take(record)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        """As a handler on the parent loggers: keep what the sending thread says."""
-        self._take(record)
-
-    def handle(self, record: logging.LogRecord) -> bool:
-        """Emit without the handler's own filtering (``filter`` is the loggers' side)."""
-        self.emit(record)
-        return True
-
-    def __enter__(self) -> _TransportCapture:
-        from amldbg.logs import envelopes
-
-        for name in envelopes.TRANSPORT_LOGGERS:
-            logger = logging.getLogger(name)
-            logger.addFilter(self)
-            self._filtered.append(logger)
-        for name in self.PARENTS:
-            logging.getLogger(name).addHandler(self)
-        for name, level in self.LOUDER.items():
-            logger = logging.getLogger(name)
-            self._levels[name] = logger.level
-            logger.setLevel(level)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for name, level in self._levels.items():
-            logging.getLogger(name).setLevel(level)
-        if self.keep:
-            # The sending thread still runs (a hanging endpoint): its late messages must
-            # not be printed either (they may echo the envelope).
-            return
-        for logger in self._filtered:
-            logger.removeFilter(self)
-        for name in self.PARENTS:
-            logging.getLogger(name).removeHandler(self)
-
-
-@dataclasses.dataclass
-class _Attempt:
-    """What happened to the test trace (filled by the sending thread)."""
-
-    loaded: bool = False
-    result: str | None = None  # export.OK / RETRY / DROP
-    load_error: str = ""
-    send_error: str = ""
-    last_error: str = ""
-    done: threading.Event = dataclasses.field(default_factory=threading.Event)
-
-
-_HTTP_LINE = re.compile(r'"(?:POST|PUT) [^"]*" (\d{3})\b')
-_STATUS_PATTERNS = (
-    re.compile(r"\bserver side error (\d{3})\b"),  # OpenCensus
-    re.compile(r"\bResponse status: (\d{3})\b"),  # azure-core's HTTP logging policy
-    re.compile(r"\bHTTP (\d{3})\b"),  # a sink's last_error
-)
-_OTEL_REASON = re.compile(r"invalid status '([^']*)'")
-_DATA_DROP = re.compile(r"Data drop (\d{3}): (.*?)(?: [\[{(<]|\.?$)")
-
-
-def _http_status(messages: list[str]) -> int | None:
-    status = None
-    for message in messages:
-        for pattern in (_HTTP_LINE,) + _STATUS_PATTERNS:
-            for match in pattern.finditer(message):
-                status = int(match.group(1))
-    return status
-
-
-_SINK_REASON = re.compile(r"^HTTP \d{3}: (.+)$")
-
-
-def _service_reason(messages: list[str]) -> str:
-    """The ingestion service's own words: ``errors[].message`` of its JSON answer."""
-    reasons: list[str] = []
-    for message in messages:
-        start = message.find("{")
-        while start != -1:
-            try:
-                body, _ = json.JSONDecoder().raw_decode(message[start:])
-            except ValueError:
-                start = message.find("{", start + 1)
-                continue
-            if isinstance(body, dict):
-                for error in body.get("errors") or []:
-                    if isinstance(error, dict) and error.get("message"):
-                        reasons.append(str(error["message"]))
-            break
-        for match in _DATA_DROP.finditer(message):
-            reasons.append(match.group(2))
-        sink_said = _SINK_REASON.search(message)
-        if sink_said and "{" not in sink_said.group(1):
-            reasons.append(sink_said.group(1))  # a sink's last_error: "HTTP 400: <reason>"
-    unique = list(dict.fromkeys(reason.strip().rstrip(".") for reason in reasons if reason.strip()))
-    return "; ".join(unique)
-
-
-def _unreachable_cause(messages: list[str], timeout: float) -> str:
-    text = " ".join(messages)
-    lowered = text.lower()
-    if "connection refused" in lowered or "errno 111" in lowered:
-        return "connection refused"
-    if any(s in lowered for s in ("name or service not known", "nodename nor servname", "getaddrinfo",
-                                  "failed to resolve", "nameresolutionerror", "temporary failure in name")):
-        return "the endpoint's host name does not resolve"
-    if "certificate" in lowered or "ssl" in lowered:
-        return "the TLS handshake failed: " + _shown(messages[-1])
-    if any(s in lowered for s in ("timed out", "time out", "timeout")):
-        return f"no answer within {timeout:g} s"
-    if messages:
-        return _shown(messages[-1])
-    return "no answer"
-
-
-def _test_record(test_id: str) -> tuple[Any, ...]:
-    from amldbg.logs import context, envelopes
-
-    dims = context.context_dimensions()
-    where = f"{dims.get('node_address', 'unknown')} rank {dims.get('rank', '0')} pid {os.getpid()}"
-    message = (f"amldbg doctor --send-test: test record {test_id} from {where}; "
-               "safe to ignore")
-    record = logging.LogRecord(SEND_TEST_LOGGER, logging.INFO, __file__, 0, message, None, None, "send_test")
-    user = {SEND_TEST_DIMENSION: "true", SEND_TEST_ID_DIMENSION: test_id}
-    return envelopes.snapshot(record, message, user)
-
-
-def _send(backend: str, parsed: connection.ConnectionString, timeout: float, test_id: str,
-          attempt: _Attempt, capture: _TransportCapture) -> None:
-    """On the sending thread: build the real sink, send the one record within the time left."""
-    deadline = time.monotonic() + timeout
-    capture.thread = threading.get_ident()
-    try:
-        from amldbg.logs import appinsights
-
-        settings = log_settings.LogSettings(connection_string=parsed.value, backend=backend)
-        sink = appinsights.create_sink(backend, parsed, settings)
-    except Exception as error:
-        attempt.load_error = describe(error)
-        attempt.done.set()
-        return
-    attempt.loaded = True
-    try:
-        attempt.result = sink.send([_test_record(test_id)], max(0.1, deadline - time.monotonic()))
-    except Exception as error:
-        attempt.send_error = describe(error)
-    attempt.last_error = str(getattr(sink, "last_error", "") or "")
-    with contextlib.suppress(Exception):
-        sink.close(0.5)
-    attempt.done.set()
-
-
-def send_test(env: Mapping[str, str] | None = None, timeout: float = DEFAULT_SEND_TIMEOUT) -> Check:
-    """Send one marked trace through the Application Insights sink the script would use.
-
-    The backend and connection string come from ``env`` as in the script
-    (``AMLDBG_APPINSIGHTS_BACKEND``, ``APPLICATIONINSIGHTS_CONNECTION_STRING``); the record
-    carries the run-context dimensions plus ``amldbg_send_test=true`` and a test id.
-    Loading the exporter and the ingestion answer together take at most ``timeout``
-    seconds. Returns the ``send test`` check, masked; its ``outcome`` is ``accepted``,
-    ``rejected`` (with the service's reason), ``unreachable``, ``malformed``,
-    ``not-configured``, ``backend-missing`` (the backend's package) or ``backend-error``
-    (the exporter failed to load). Never raises for what it finds.
-    """
-    env = dict(os.environ if env is None else env)
-    return masked([_send_test(env, timeout)], env)[0]
-
-
-def _send_test(env: Mapping[str, str], timeout: float) -> Check:
-    from amldbg.logs import export
-
-    name = "send test"
-    raw = env.get(connection.CONNECTION_STRING_ENV, "").strip()
-    if not raw:
-        ikey = _ikey_without_connection_string(env)
-        hint = f" ({ikey} alone is not enough)" if ikey else ""
-        return Check(name, False, f"not sent: {connection.CONNECTION_STRING_ENV} is not set{hint}",
-                     outcome="not-configured")
-    try:
-        parsed = connection.parse_connection_string(raw)
-    except ValueError as error:
-        return Check(name, False, f"not sent: malformed connection string: {error}", outcome="malformed")
-    backend, _ = resolve_backend(env)
-    missing = _backend_missing(backend)
-    if missing is not None:
-        return Check(name, False, f"not sent: {missing}", outcome="backend-missing")
-    endpoint = parsed.ingestion_endpoint
-    test_id = uuid.uuid4().hex[:16]
-    attempt = _Attempt()
-    started = time.monotonic()
-    with _TransportCapture() as capture:
-        thread = threading.Thread(
-            target=_send, args=(backend, parsed, timeout, test_id, attempt, capture),
-            name="amldbg-doctor-send", daemon=True,
-        )
-        thread.start()
-        attempt.done.wait(timeout + _JOIN_MARGIN)
-        capture.keep = not attempt.done.is_set()
-        messages = list(capture.messages)
-    took = time.monotonic() - started
-    if attempt.last_error:
-        messages.append(attempt.last_error)
-    via = f"{backend} exporter"
-    if not attempt.done.is_set():
-        if not attempt.loaded:
-            return Check(name, False, f"not sent: the {via} did not load within {timeout:g} s "
-                         "(try a longer --timeout)", outcome="backend-error")
-        return Check(name, False, f"unreachable: {endpoint} gave no answer within {timeout:g} s ({via})",
-                     outcome="unreachable")
-    if attempt.load_error:
-        return Check(name, False, f"not sent: the {via} could not be loaded: {_shown(attempt.load_error)}",
-                     outcome="backend-error")
-    if attempt.result == export.OK:
-        return Check(
-            name, True,
-            f"accepted by {endpoint} in {took:.1f} s ({via}); find it with: traces | where "
-            f"customDimensions.{SEND_TEST_ID_DIMENSION} == '{test_id}'",
-            outcome="accepted",
-        )
-    status = _http_status(messages)
-    if status is not None:
-        try:
-            phrase = http.HTTPStatus(status).phrase
-        except ValueError:
-            otel = [m.group(1) for text in messages for m in _OTEL_REASON.finditer(text)]
-            phrase = otel[-1] if otel else ""
-        reason = _service_reason(messages)
-        retry = ("a temporary error: the script keeps such records and retries"
-                 if attempt.result == export.RETRY else "the script drops such records")
-        said = f": {_shown(reason)}" if reason else " (the service gave no reason)"
-        return Check(name, False, f"rejected by {endpoint}: HTTP {status} {phrase}{said}; {retry} ({via})",
-                     outcome="rejected")
-    cause = _unreachable_cause(messages + ([attempt.send_error] if attempt.send_error else []), timeout)
-    return Check(name, False, f"unreachable: {endpoint}: {cause} ({via})", outcome="unreachable")
-
-
 # -- running the checks ----------------------------------------------------------------------
 def run_checks(env: Mapping[str, str] | None = None, **overrides: Any) -> list[Check]:
     """Run every check (details masked); ``overrides`` are remote-debug settings as for
@@ -744,8 +306,8 @@ def run_checks(env: Mapping[str, str] | None = None, **overrides: Any) -> list[C
         address = check_listen_address(host)
         checks.append(address)
         if address.ok:
-            # Each local rank listens on the base port plus its local rank, as the script does.
-            port = settings.port + topology.local_rank if settings.port else 0
+            # Each local rank listens on a port of its own, as the script does.
+            port = environment.debug_port(settings.port, topology.local_rank)
             checks.append(check_port(host, port))
     checks.append(check_node_address(env))
     checks.extend(telemetry_checks(env))
@@ -762,12 +324,6 @@ def telemetry_checks(env: Mapping[str, str] | None = None) -> list[Check]:
     if delivery is not None:
         checks.append(delivery)
     return masked(checks, env)
-
-
-def masked(checks: list[Check], env: Mapping[str, str]) -> list[Check]:
-    """``checks`` with every detail passed through :func:`scrub` (nothing secret is printed)."""
-    known = _secret_values(env)
-    return [dataclasses.replace(check, detail=scrub(check.detail, known)) for check in checks]
 
 
 def format_checks(checks: list[Check]) -> str:
@@ -807,8 +363,16 @@ def _send_timeout(text: str) -> float:
     return value
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Doctor's own options: ``--json``, ``--send-test`` and ``--timeout``."""
+def register(commands: Commands) -> None:
+    """Add ``amldbg doctor`` to the subcommands of the ``amldbg`` parser: its own options
+    (``--json``, ``--send-test``, ``--timeout``) and the script's ``--remote_debug*`` flags."""
+    parser = commands.add_parser(
+        "doctor", help="check this machine for remote debugging and logging", formatter_class=formatter,
+        description="Check, where the script will run, what remote debugging and logging "
+        "need: one line per check, ok or FAIL. --send-test sends one test trace to "
+        "Application Insights and reports the answer.",
+        epilog=DOCTOR_EPILOG,
+    )
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
     parser.add_argument(
         "--send-test", action="store_true",
@@ -818,6 +382,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--timeout", type=_send_timeout, default=DEFAULT_SEND_TIMEOUT, metavar="SECONDS",
         help="with --send-test: seconds to wait for the exporter and the answer (default: %(default)g)",
     )
+    # The script's own flags, so that doctor checks exactly what the script would do. Their
+    # defaults are None here: a flag not given falls back to AMLDBG_* as in the script.
+    core_args.add_args(parser, env={})
+    flags = {flag.name: flag for flag in core_settings.FLAGS}
+    for action in parser._actions:
+        flag = flags.get(action.dest)
+        if flag is not None:
+            # Show the script's default in --help while the parsed default stays None.
+            action.help = (action.help or "").replace("%(default)s", str(flag.default))
+            action.default = None
+    parser.set_defaults(run=cmd_doctor)
 
 
 def cmd_doctor(args: argparse.Namespace, out: TextIO) -> int:

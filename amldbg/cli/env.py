@@ -7,7 +7,15 @@ import dataclasses
 import json
 from typing import Any, TextIO
 
-from amldbg.cli.common import EXIT_NEGATIVE, EXIT_OK, CliError, printable
+from amldbg.cli.common import (
+    EXIT_NEGATIVE,
+    EXIT_OK,
+    CliError,
+    Commands,
+    Parser,
+    formatter,
+    printable,
+)
 from amldbg.core import secrets
 from amldbg.diagnostics import envsnap
 
@@ -100,3 +108,36 @@ def cmd_env_diff(args: argparse.Namespace, out: TextIO) -> int:
         raise CliError(f"cannot compare {args.a} and {args.b}: {error}") from None
     out.write(text + "\n")
     return EXIT_NEGATIVE if differences else EXIT_OK
+
+
+def register(commands: Commands) -> None:
+    """Add ``amldbg env`` and its actions ``snapshot`` and ``diff`` to the subcommands of
+    the ``amldbg`` parser."""
+    parser = commands.add_parser(
+        "env", help="snapshot and diff Python environments", formatter_class=formatter,
+        description="Snapshot this Python environment, or compare two snapshots.",
+        epilog=ENV_EPILOG,
+    )
+    actions = parser.add_subparsers(dest="env_command", metavar="ACTION", parser_class=Parser)
+    snapshot = actions.add_parser(
+        "snapshot", help="snapshot this environment", formatter_class=formatter,
+        description="Record the Python version, platform, installed packages, relevant "
+        "environment variables, GPU and CUDA of this environment as JSON.",
+        epilog=SNAPSHOT_EPILOG,
+    )
+    snapshot.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")
+    snapshot.set_defaults(run=cmd_env_snapshot)
+    diff = actions.add_parser(
+        "diff", help="what differs between two snapshots", formatter_class=formatter,
+        description="Compare snapshot A (e.g. local) with snapshot B (e.g. the compute's): "
+        "missing, extra and different packages, most consequential first.",
+        epilog=DIFF_EPILOG,
+    )
+    diff.add_argument("a", metavar="A", help="snapshot file or log (e.g. local.json)")
+    diff.add_argument("b", metavar="B", help="snapshot file or log (e.g. remote.json)")
+    diff.add_argument("--script", action="append", default=[], metavar="PY", help="a script whose imports count first (repeatable)")
+    diff.add_argument("--ignore", action="append", default=[], metavar="PACKAGE", help="leave this package out (repeatable)")
+    diff.add_argument("--env", action="store_true", help="also compare environment variables")
+    diff.add_argument("--platform", action="store_true", help="also compare the platform (OS, machine, libc)")
+    diff.add_argument("--json", action="store_true", help="print JSON for scripts")
+    diff.set_defaults(run=cmd_env_diff)

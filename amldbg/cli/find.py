@@ -9,7 +9,7 @@ import sys
 from typing import Any, Sequence, TextIO
 
 from amldbg.cli import log_scan
-from amldbg.cli.common import EXIT_NEGATIVE, EXIT_OK, CliError, printable
+from amldbg.cli.common import EXIT_NEGATIVE, EXIT_OK, CliError, Commands, formatter, printable
 from amldbg.core import joblogs
 
 FIND_EPILOG = """\
@@ -103,3 +103,17 @@ def cmd_find(args: argparse.Namespace, out: TextIO) -> int:
         text = log_scan.format_crashes(crashes)
         out.write("\n".join(printable(line) for line in text.split("\n")) + "\n")
     return EXIT_OK
+
+
+def register(commands: Commands) -> None:
+    """Add ``amldbg find`` to the subcommands of the ``amldbg`` parser."""
+    parser = commands.add_parser(
+        "find", help="list the debug endpoints announced in driver logs", formatter_class=formatter,
+        description="List every debug endpoint announced in Azure ML logs (70_driver_log.txt, "
+        "std_log.txt, ParallelRunStep logs/user/... files): node address, port, rank, mode, "
+        "whether a debugger attached, and the timeout.",
+        epilog=FIND_EPILOG,
+    )
+    parser.add_argument("logs", nargs="*", metavar="LOG", help="log file or folder; '-' or nothing reads standard input")
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
+    parser.set_defaults(run=cmd_find)

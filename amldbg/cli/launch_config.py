@@ -8,7 +8,7 @@ import sys
 from typing import Any, TextIO
 
 from amldbg.cli import find, launch_json
-from amldbg.cli.common import EXIT_OK, CliError, printable
+from amldbg.cli.common import EXIT_OK, CliError, Commands, formatter, host, port, printable
 from amldbg.core import settings, vscode
 
 LAUNCH_EPILOG = """\
@@ -151,3 +151,28 @@ def cmd_launch_config(args: argparse.Namespace, out: TextIO) -> int:
         return EXIT_OK
     out.write(json.dumps(launch_json.new_document(entries, compounds), indent=4) + "\n")
     return EXIT_OK
+
+
+def register(commands: Commands) -> None:
+    """Add ``amldbg launch-config`` to the subcommands of the ``amldbg`` parser."""
+    parser = commands.add_parser(
+        "launch-config", help="VS Code attach configurations (print or merge into launch.json)",
+        formatter_class=formatter,
+        description="Build VS Code attach configurations (\"type\": \"debugpy\") and print them "
+        "as a launch.json, or merge them into one with --write.",
+        epilog=LAUNCH_EPILOG,
+    )
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--host", type=host, help="attach to a script listening on HOST (the ip_address in its log)")
+    what.add_argument("--listen", action="store_true", help="VS Code listens for a script started with --remote_debug_client_ip")
+    what.add_argument("--deployment", action="store_true", help="attach to score.py in a deployment container (remote root /var/azureml-app)")
+    what.add_argument("--from-log", nargs="+", metavar="LOG", help="one entry per endpoint found in these logs (as 'amldbg find')")
+    parser.add_argument("--port", type=port, default=5678, help="debug port (default: %(default)s)")
+    parser.add_argument("--listen-host", type=host, default="0.0.0.0", help="where VS Code listens with --listen (default: %(default)s)")
+    parser.add_argument("--local-root", default="${workspaceFolder}", help="local folder of the script's code (default: %(default)s)")
+    parser.add_argument("--remote-root", help="the script's folder on the compute (default: the cwd in the log, else '.')")
+    parser.add_argument("--name", help="entry name (a prefix with --from-log)")
+    parser.add_argument("--no-just-my-code", dest="just_my_code", action="store_false", help="also step into library code")
+    parser.add_argument("--no-redirect-output", dest="redirect_output", action="store_false", help="do not show the script's output in VS Code")
+    parser.add_argument("--write", metavar="LAUNCH_JSON", help="merge into this launch.json (e.g. .vscode/launch.json) instead of printing")
+    parser.set_defaults(run=cmd_launch_config)

@@ -203,7 +203,7 @@ def merge_text(
 
     try:
         document = json5.loads(text, loader=ModelLoader())
-    except Exception as error:
+    except Exception as error:  # parsing: json5 raises assorted types for a bad document
         detail = " ".join(str(error).split())
         raise LaunchJsonError(f"cannot parse {source}: {detail}") from None
     editor = _Editor(json5, text)
@@ -265,7 +265,7 @@ def _write_atomically(path: Path, text: str, like: os.stat_result | None = None)
         else:
             os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException:  # whatever stopped the write, remove the temporary file; re-raised
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise

@@ -18,11 +18,11 @@ import signal
 import sys
 from typing import Any, TextIO
 
-from amldbg.cli.common import EXIT_NEGATIVE, EXIT_OK
+from amldbg.cli.common import EXIT_NEGATIVE, EXIT_OK, Commands, formatter
 from amldbg.core.safetext import escape, safe
 from amldbg.diagnostics import registry
 
-__all__ = ["add_parser", "cmd_signal", "ranks"]
+__all__ = ["cmd_signal", "ranks", "register"]
 
 SIGNAL_EPILOG = """\
 examples:
@@ -199,9 +199,9 @@ def _table(rows: list[dict[str, Any]]) -> str:
     )
 
 
-def add_parser(commands: Any, formatter: Any) -> argparse.ArgumentParser:
+def register(commands: Commands) -> None:
     """Add ``amldbg signal`` to the subcommands of the ``amldbg`` parser."""
-    parser: argparse.ArgumentParser = commands.add_parser(
+    parser = commands.add_parser(
         "signal", help="make the armed ranks of this node dump their stacks or start the debugger",
         formatter_class=formatter,
         description="Send SIGUSR1 (write the stacks) or, with --debugger, SIGUSR2 (start the "
@@ -215,4 +215,3 @@ def add_parser(commands: Any, formatter: Any) -> argparse.ArgumentParser:
     parser.add_argument("--rank", type=ranks, metavar="R[,R...]", help="only these ranks (0,3 or 0-3)")
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
     parser.set_defaults(run=cmd_signal)
-    return parser

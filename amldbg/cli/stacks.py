@@ -38,7 +38,7 @@ import sys
 from typing import Any, Collection, Iterable, Mapping, Sequence, TextIO
 
 from amldbg.cli import collectives
-from amldbg.cli.common import EXIT_NEGATIVE, EXIT_OK, EXIT_USAGE, CliError
+from amldbg.cli.common import EXIT_NEGATIVE, EXIT_OK, EXIT_USAGE, CliError, Commands, formatter
 from amldbg.core import joblogs, safetext, secrets
 
 STACKS_MARKER = "amldbg stacks: "
@@ -996,7 +996,7 @@ def write_html(path: str, result: Mapping[str, Any]) -> None:
     try:
         secrets.write_private(temporary, page)
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException:  # whatever stopped the write, remove the temporary file; re-raised
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
@@ -1039,9 +1039,9 @@ def cmd_stacks(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
-def add_parser(commands: Any, formatter: Any) -> argparse.ArgumentParser:
+def register(commands: Commands) -> None:
     """Add ``amldbg stacks`` to the subcommands of the ``amldbg`` parser."""
-    parser: argparse.ArgumentParser = commands.add_parser(
+    parser = commands.add_parser(
         "stacks", help="compare the stacks ranks dumped in a hung job; list crash reports",
         formatter_class=formatter,
         description="Read stack dumps (stall reports, kill -USR1) and crash reports from dump "
@@ -1060,4 +1060,3 @@ def add_parser(commands: Any, formatter: Any) -> argparse.ArgumentParser:
         "tree, each rank's threads and values) to FILE, mode 0600",
     )
     parser.set_defaults(run=cmd_stacks)
-    return parser

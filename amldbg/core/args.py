@@ -40,12 +40,11 @@ def add_args(
 ) -> argparse._ArgumentGroup | argparse.ArgumentParser:
     """Add the ``--remote_debug*`` flags to ``parser`` and return their argument group.
 
-    The flags are the ones the Azure ML debugging guides use (``--remote_debug``,
-    ``--remote_debug_connection_timeout`` default 300, ``--remote_debug_client_ip``,
-    ``--remote_debug_port`` default 5678) plus ``--remote_debug_listen_host``,
-    ``--remote_debug_ranks``, ``--remote_debug_subprocess``,
-    ``--remote_debug_keep_tracing``, ``--remote_debug_post_mortem``,
-    ``--remote_debug_route_breakpoint`` and ``--remote_debug_watchdog_timeout``. Each one's default comes from its ``AMLDBG_*``
+    One option per row of :data:`amldbg.core.settings.FLAGS` (the fields of
+    :class:`~amldbg.core.settings.DebugSettings`, which give each flag's default and help):
+    the flags the Azure ML debugging guides use (``--remote_debug``,
+    ``--remote_debug_connection_timeout``, ``--remote_debug_client_ip``,
+    ``--remote_debug_port``) and amldbg's own. Each one's default comes from its ``AMLDBG_*``
     environment variable when set, so an explicit flag wins over the environment. Values may
     arrive as strings; an invalid port or timeout is an argparse error naming the flag.
     Calling it again on the same parser returns the existing group.

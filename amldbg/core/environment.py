@@ -3,7 +3,8 @@
 This module is the only place in amldbg that reads the variables Azure ML and the
 distributed launchers set, so that every feature (debug ports, log dimensions, which rank
 sends metrics) agrees on who "this process" is. It imports nothing beyond the standard
-library and reads lazily: nothing here runs at ``import amldbg``.
+library and :mod:`.settings` (where amldbg's own variables are declared), and reads
+lazily: nothing here runs at ``import amldbg``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import socket
 import struct
 import sys
 from typing import Mapping
+
+from amldbg.core import settings
 
 # Variables Azure ML sets in a job (SDK v1 run and SDK v2 command job alike).
 RUN_ID = "AZUREML_RUN_ID"
@@ -26,7 +29,7 @@ STEP_NAME = "AZUREML_STEP_NAME"
 SERVICE_ENDPOINT = "AZUREML_SERVICE_ENDPOINT"
 
 # Set by the user (or a test) to override the announced node address.
-NODE_ADDRESS_OVERRIDE = "AMLDBG_NODE_ADDRESS"
+NODE_ADDRESS_OVERRIDE = settings.NODE_ADDRESS.env_var
 
 
 def _first_int(env: Mapping[str, str], *names: str) -> int | None:
@@ -369,7 +372,7 @@ def node_address(env: Mapping[str, str] | None = None) -> tuple[str, str]:
     4. ``127.0.0.1`` as a last resort.
     """
     env = os.environ if env is None else env
-    override = env.get(NODE_ADDRESS_OVERRIDE, "").strip()
+    override = settings.env_value(settings.NODE_ADDRESS, env)
     if override:
         return override, NODE_ADDRESS_OVERRIDE
     if sys.platform.startswith("linux"):

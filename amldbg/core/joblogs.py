@@ -264,7 +264,7 @@ def _open(item: JobFile) -> IO[bytes]:
         if not stat.S_ISREG(os.fstat(descriptor).st_mode):
             raise OSError(errno.EINVAL, "not a regular file", str(item.path))
         return os.fdopen(descriptor, "rb")
-    except BaseException:
+    except BaseException:  # whatever stopped the open, close the descriptor; re-raised
         os.close(descriptor)
         raise
 

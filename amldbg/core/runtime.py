@@ -22,9 +22,11 @@ import re
 import sys
 from typing import Any, Mapping
 
+from amldbg.core import settings
+
 #: The local index of this worker process on its node (0-based); set it when the runtime's
 #: ``EntryScript().agent_name`` does not carry it (a local driver does).
-PROCESS_INDEX_ENV = "AMLDBG_PROCESS_INDEX"
+PROCESS_INDEX_ENV = settings.PROCESS_INDEX.env_var
 
 # The parallel runtime's module names, newest first.
 _RUNTIME_MODULES = ("azureml_user.parallel_run", "entry_script")
@@ -160,14 +162,8 @@ def process_index(env: Mapping[str, str] | None = None) -> int:
     ``EntryScript().agent_name`` (``agent003`` is 3); otherwise 0. An invalid value in the
     variable is ignored (with the agent name or 0 used instead).
     """
-    env = os.environ if env is None else env
-    raw = env.get(PROCESS_INDEX_ENV, "").strip()
-    if raw:
-        try:
-            value = int(raw)
-            if value >= 0:
-                return value
-        except ValueError:
-            pass
+    explicit = settings.env_value(settings.PROCESS_INDEX, env)
+    if explicit is not None:
+        return explicit
     agent = _agent_index()
     return agent if agent is not None else 0

@@ -1,5 +1,11 @@
 r"""Settings: the flag table, one parser per value type, and the resolved, immutable settings.
 
+Every ``AMLDBG_*`` variable amldbg reads is declared here or in :mod:`amldbg.logs.settings`,
+once: a ``--remote_debug*`` flag as a field of :class:`DebugSettings` (whose fields are the
+flag table, :data:`FLAGS`), any other variable as a row of :data:`VARIABLES`, read with
+:func:`env_value`. :func:`judge_env` is the one judgement of a variable's text; the
+warning of :func:`read_env` and the report of ``amldbg doctor`` both come from it.
+
 A remote-debug setting resolves as: a keyword override, else the flag given on the command
 line (or the key of a mapping), else the environment variable ``AMLDBG_<FLAG NAME IN UPPER
 CASE>``, else the built-in default. Pipeline steps pass their arguments as strings
@@ -21,7 +27,7 @@ import collections.abc
 import dataclasses
 import math
 import os
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Generic, Mapping, NamedTuple, Sequence, TypeVar
 
 from amldbg.core import announce, forksafe
 
@@ -127,6 +133,22 @@ def parse_positive_int(text: Any) -> int:
     return int(number)
 
 
+def parse_index(text: Any) -> int:
+    """Parse a 0-based index: a whole number from 0 (``"3"``)."""
+    try:
+        number = int(str(text).strip())
+    except ValueError:
+        raise ValueError(f"expected a whole number from 0, got {text!r}") from None
+    if number < 0:
+        raise ValueError(f"expected a whole number from 0, got {text!r}")
+    return number
+
+
+def parse_text(text: Any) -> str:
+    """Parse free text (a path, a host name given by the user): surrounding blanks removed."""
+    return str(text).strip()
+
+
 def parse_choice(choices: Sequence[str]) -> Callable[[Any], str]:
     """A parser that accepts one of ``choices`` (any case, surrounding blanks ignored)."""
 
@@ -144,7 +166,10 @@ def parse_choice(choices: Sequence[str]) -> Callable[[Any], str]:
 class Flag:
     """One ``--remote_debug*`` flag: its name, parser, default and help text.
 
-    ``env_var`` is the ``AMLDBG_*`` variable that sets it when the flag is not given.
+    ``env_var`` is the ``AMLDBG_*`` variable that sets it when the flag is not given;
+    ``alias`` the keyword the public functions accept for it (``port=``). ``nullable``
+    says that ``None`` is a value of its own (the client IP: listen; the ranks: all)
+    rather than "use the default".
     """
 
     name: str
@@ -153,6 +178,8 @@ class Flag:
     help: str
     metavar: str | None = None
     is_switch: bool = False
+    keyword: str | None = None
+    nullable: bool = False
 
     @property
     def option(self) -> str:
@@ -164,156 +191,141 @@ class Flag:
         """The environment variable, ``AMLDBG_REMOTE_DEBUG_PORT``."""
         return ENV_PREFIX + self.name.upper()
 
+    @property
+    def alias(self) -> str:
+        """The short keyword: the row's own ``keyword``, else the name without ``remote_debug_``."""
+        return self.keyword or self.name.removeprefix("remote_debug_")
 
-FLAGS: tuple[Flag, ...] = (
-    Flag(
-        "remote_debug",
-        parse_bool,
-        False,
-        "start the debugger (debugpy) and wait for VS Code to attach",
-        is_switch=True,
-    ),
-    Flag(
-        "remote_debug_connection_timeout",
-        parse_timeout,
-        DEFAULT_TIMEOUT,
-        "seconds to wait for a debugger client; 0 listens without waiting (default: %(default)s)",
-        "SECONDS",
-    ),
-    Flag(
-        "remote_debug_client_ip",
-        parse_optional_host,
-        None,
-        "IP address of a VS Code that listens for the script (reverse connect); "
-        "without it, the script listens for VS Code",
-        "IP",
-    ),
-    Flag(
-        "remote_debug_port",
-        parse_port,
-        DEFAULT_PORT,
-        "debug port; the next free one is used when it is taken (default: %(default)s)",
-        "PORT",
-    ),
-    Flag(
-        "remote_debug_listen_host",
-        parse_host,
-        DEFAULT_LISTEN_HOST,
-        "address to listen on; 0.0.0.0 accepts clients from the compute's network, "
-        "127.0.0.1 only local ones (default: %(default)s)",
-        "HOST",
-    ),
-    Flag(
-        "remote_debug_ranks",
-        parse_ranks,
-        (0,),
-        "which ranks of a distributed job debug: 'all' or a list like 0,3 (default: 0)",
-        "RANKS",
-    ),
-    Flag(
-        "remote_debug_subprocess",
-        parse_bool,
-        False,
-        "also debug child processes (each child then starts about a second slower)",
-        is_switch=True,
-    ),
-    Flag(
-        "remote_debug_keep_tracing",
-        parse_bool,
-        False,
-        "after the wait times out, keep debugpy tracing every thread (its own behaviour; "
-        "pure-Python code runs 2-3x slower)",
-        is_switch=True,
-    ),
-    Flag(
-        "remote_debug_post_mortem",
-        parse_bool,
-        False,
-        "on an uncaught exception, start the debugger if needed, wait at most the timeout "
-        "for a client, stop at the frame that raised, then fail as the script would have",
-        is_switch=True,
-    ),
-    Flag(
-        "remote_debug_route_breakpoint",
-        parse_bool,
-        False,
-        "make plain breakpoint() calls pause in the remote debugger when a client is attached "
-        "(and do nothing otherwise) instead of starting pdb",
-        is_switch=True,
-    ),
-    Flag(
-        "remote_debug_watchdog_timeout",
-        parse_timeout,
-        0.0,
-        "while debugging, lengthen the timeouts passed through amldbg.watchdog_timeout() and "
-        "amldbg.process_group_timeout() to at least this many seconds; 0 leaves them alone "
-        "(default: %(default)s)",
-        "SECONDS",
-    ),
-    Flag(
-        "remote_debug_stall_timeout",
-        parse_timeout,
-        0.0,
-        "when the main thread makes no progress for this many seconds, every rank writes the "
-        "stacks of its threads to the log and outputs/amldbg/ (once per stall); 0 is off "
-        "(default: %(default)s)",
-        "SECONDS",
-    ),
-    Flag(
-        "remote_debug_on_demand",
-        parse_bool,
-        False,
-        "let signals act on the running script: SIGUSR1 writes the stacks of its threads, "
-        "SIGUSR2 starts the debugger without waiting (kill -USR1 PID)",
-        is_switch=True,
-    ),
-)
+    @property
+    def blank_is_default(self) -> bool:
+        """A blank variable means "not set", except for a switch: there it means off."""
+        return not self.is_switch
 
-FLAGS_BY_NAME = {flag.name: flag for flag in FLAGS}
-
-#: Short keyword names accepted by the public functions (``timeout=``, ``port=``...).
-ALIASES = {
-    "enabled": "remote_debug",
-    "timeout": "remote_debug_connection_timeout",
-    "client_ip": "remote_debug_client_ip",
-    "port": "remote_debug_port",
-    "listen_host": "remote_debug_listen_host",
-    "ranks": "remote_debug_ranks",
-    "subprocess": "remote_debug_subprocess",
-    "keep_tracing": "remote_debug_keep_tracing",
-    "post_mortem": "remote_debug_post_mortem",
-    "route_breakpoint": "remote_debug_route_breakpoint",
-    "watchdog_timeout": "remote_debug_watchdog_timeout",
-    "stall_timeout": "remote_debug_stall_timeout",
-    "on_demand": "remote_debug_on_demand",
-}
+    def verdict(self, env: Mapping[str, str] | None = None) -> Verdict:
+        """What the flag's variable in ``env`` gives, without a warning (see :func:`judge_env`)."""
+        return judge_env(self.env_var, self.parse, self.default, env, blank_is_default=self.blank_is_default)
 
 
-def env_var(name: str) -> str:
-    """The ``AMLDBG_*`` variable of the flag ``name`` (``"remote_debug_port"``)."""
-    return FLAGS_BY_NAME[ALIASES.get(name, name)].env_var
+_FLAG = "amldbg.flag"
+
+
+def _flag(
+    parse: Callable[[Any], Any],
+    default: Any,
+    help: str,
+    metavar: str | None = None,
+    *,
+    is_switch: bool = False,
+    keyword: str | None = None,
+    nullable: bool = False,
+) -> Any:
+    """A field of :class:`DebugSettings` and, read from it, its row of :data:`FLAGS`."""
+    row = {"parse": parse, "help": help, "metavar": metavar, "is_switch": is_switch,
+           "keyword": keyword, "nullable": nullable}
+    return dataclasses.field(default=default, metadata={_FLAG: row})
 
 
 @dataclasses.dataclass(frozen=True)
 class DebugSettings:
     """The resolved remote-debug settings, one field per flag.
 
+    The fields are the flag table: each one declares its flag (parser, default, help),
+    and :data:`FLAGS`, :data:`ALIASES` and :func:`amldbg.add_args` are read from them.
     Build it with :func:`resolve_settings`; every field has been validated.
     """
 
-    remote_debug: bool = False
-    remote_debug_connection_timeout: float = DEFAULT_TIMEOUT
-    remote_debug_client_ip: str | None = None
-    remote_debug_port: int = DEFAULT_PORT
-    remote_debug_listen_host: str = DEFAULT_LISTEN_HOST
-    remote_debug_ranks: tuple[int, ...] | None = (0,)
-    remote_debug_subprocess: bool = False
-    remote_debug_keep_tracing: bool = False
-    remote_debug_post_mortem: bool = False
-    remote_debug_route_breakpoint: bool = False
-    remote_debug_watchdog_timeout: float = 0.0
-    remote_debug_stall_timeout: float = 0.0
-    remote_debug_on_demand: bool = False
+    remote_debug: bool = _flag(
+        parse_bool,
+        False,
+        "start the debugger (debugpy) and wait for VS Code to attach",
+        is_switch=True,
+        keyword="enabled",
+    )
+    remote_debug_connection_timeout: float = _flag(
+        parse_timeout,
+        DEFAULT_TIMEOUT,
+        "seconds to wait for a debugger client; 0 listens without waiting (default: %(default)s)",
+        "SECONDS",
+        keyword="timeout",
+    )
+    remote_debug_client_ip: str | None = _flag(
+        parse_optional_host,
+        None,
+        "IP address of a VS Code that listens for the script (reverse connect); "
+        "without it, the script listens for VS Code",
+        "IP",
+        nullable=True,
+    )
+    remote_debug_port: int = _flag(
+        parse_port,
+        DEFAULT_PORT,
+        "debug port; the next free one is used when it is taken (default: %(default)s)",
+        "PORT",
+    )
+    remote_debug_listen_host: str = _flag(
+        parse_host,
+        DEFAULT_LISTEN_HOST,
+        "address to listen on; 0.0.0.0 accepts clients from the compute's network, "
+        "127.0.0.1 only local ones (default: %(default)s)",
+        "HOST",
+    )
+    remote_debug_ranks: tuple[int, ...] | None = _flag(
+        parse_ranks,
+        (0,),
+        "which ranks of a distributed job debug: 'all' or a list like 0,3 (default: 0)",
+        "RANKS",
+        nullable=True,
+    )
+    remote_debug_subprocess: bool = _flag(
+        parse_bool,
+        False,
+        "also debug child processes (each child then starts about a second slower)",
+        is_switch=True,
+    )
+    remote_debug_keep_tracing: bool = _flag(
+        parse_bool,
+        False,
+        "after the wait times out, keep debugpy tracing every thread (its own behaviour; "
+        "pure-Python code runs 2-3x slower)",
+        is_switch=True,
+    )
+    remote_debug_post_mortem: bool = _flag(
+        parse_bool,
+        False,
+        "on an uncaught exception, start the debugger if needed, wait at most the timeout "
+        "for a client, stop at the frame that raised, then fail as the script would have",
+        is_switch=True,
+    )
+    remote_debug_route_breakpoint: bool = _flag(
+        parse_bool,
+        False,
+        "make plain breakpoint() calls pause in the remote debugger when a client is attached "
+        "(and do nothing otherwise) instead of starting pdb",
+        is_switch=True,
+    )
+    remote_debug_watchdog_timeout: float = _flag(
+        parse_timeout,
+        0.0,
+        "while debugging, lengthen the timeouts passed through amldbg.watchdog_timeout() and "
+        "amldbg.process_group_timeout() to at least this many seconds; 0 leaves them alone "
+        "(default: %(default)s)",
+        "SECONDS",
+    )
+    remote_debug_stall_timeout: float = _flag(
+        parse_timeout,
+        0.0,
+        "when the main thread makes no progress for this many seconds, every rank writes the "
+        "stacks of its threads to the log and outputs/amldbg/ (once per stall); 0 is off "
+        "(default: %(default)s)",
+        "SECONDS",
+    )
+    remote_debug_on_demand: bool = _flag(
+        parse_bool,
+        False,
+        "let signals act on the running script: SIGUSR1 writes the stacks of its threads, "
+        "SIGUSR2 starts the debugger without waiting (kill -USR1 PID)",
+        is_switch=True,
+    )
 
     @property
     def enabled(self) -> bool:
@@ -336,7 +348,25 @@ class DebugSettings:
         return ranks is None or rank in ranks
 
 
-def _describe(value: Any) -> str:
+#: The ``--remote_debug*`` flags, in :class:`DebugSettings`' field order (read from its fields).
+FLAGS: tuple[Flag, ...] = tuple(
+    Flag(field.name, default=field.default, **field.metadata[_FLAG])
+    for field in dataclasses.fields(DebugSettings)
+)
+
+FLAGS_BY_NAME = {flag.name: flag for flag in FLAGS}
+
+#: Short keyword names accepted by the public functions (``timeout=``, ``port=``...).
+ALIASES = {flag.alias: flag.name for flag in FLAGS}
+
+
+def env_var(name: str) -> str:
+    """The ``AMLDBG_*`` variable of the flag ``name`` (``"remote_debug_port"``)."""
+    return FLAGS_BY_NAME[ALIASES.get(name, name)].env_var
+
+
+def describe_value(value: Any) -> str:
+    """A setting's value as the messages show it: ``on``/``off``, ``0,3``, ``300``, ``all``."""
     if isinstance(value, bool):
         return "on" if value else "off"
     if isinstance(value, tuple):
@@ -344,6 +374,40 @@ def _describe(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return "all" if value is None else str(value)
+
+
+class Verdict(NamedTuple):
+    """What the environment variable ``name`` gives: the value in force, why its text was
+    rejected (``error``, ``None`` when it was not), and the text itself (``None``: unset)."""
+
+    name: str
+    value: Any
+    error: str | None
+    raw: str | None
+
+
+def judge_env(
+    name: str,
+    parse: Callable[[Any], Any],
+    default: Any,
+    env: Mapping[str, str] | None = None,
+    *,
+    blank_is_default: bool = True,
+) -> Verdict:
+    """The parser's verdict on the environment variable ``name``, without any warning.
+
+    Unset (or blank, with ``blank_is_default``) gives ``default``; text the parser rejects
+    gives ``default`` and the parser's reason. :func:`read_env` and ``amldbg doctor`` both
+    judge by it, so that doctor reports exactly what the script falls back to.
+    """
+    env = os.environ if env is None else env
+    raw = env.get(name)
+    if raw is None or (blank_is_default and not str(raw).strip()):
+        return Verdict(name, default, None, raw)
+    try:
+        return Verdict(name, parse(raw), None, raw)
+    except ValueError as error:
+        return Verdict(name, default, str(error), raw)
 
 
 def read_env(
@@ -360,26 +424,20 @@ def read_env(
     problem and the value used instead) and ``default``: for a switch that opens a port or
     waits, the default is off, so a typo never turns it on.
     """
-    env = os.environ if env is None else env
-    raw = env.get(name)
-    if raw is None or (blank_is_default and not str(raw).strip()):
-        return default
-    try:
-        return parse(raw)
-    except ValueError as error:
+    _, value, error, raw = judge_env(name, parse, default, env, blank_is_default=blank_is_default)
+    if error is not None:
         shown = str(raw)
         if len(shown) > 80:
             shown = shown[:77] + "..."
         announce.warn_once(
             f"env:{name}={raw}",
-            f"ignoring {name}={shown!r}: {error}; using {_describe(default)}",
+            f"ignoring {name}={shown!r}: {error}; using {describe_value(default)}",
         )
-        return default
+    return value
 
 
 def _flag_env(flag: Flag, env: Mapping[str, str]) -> Any:
-    # A switch set to "" means off, as the boolean parser says; other blanks mean unset.
-    return read_env(flag.env_var, flag.parse, flag.default, env, blank_is_default=not flag.is_switch)
+    return read_env(flag.env_var, flag.parse, flag.default, env, blank_is_default=flag.blank_is_default)
 
 
 def env_default(flag: Flag, env: Mapping[str, str] | None = None) -> Any:
@@ -422,9 +480,7 @@ def resolve_settings(
             values[flag.name] = _flag_env(flag, env)
             continue
         if raw is None:
-            # None is a real value for the client IP (listen) and the ranks ("all").
-            nullable = flag.default is None or flag.name == "remote_debug_ranks"
-            values[flag.name] = None if nullable else flag.default
+            values[flag.name] = None if flag.nullable else flag.default
         else:
             try:
                 values[flag.name] = flag.parse(raw)
@@ -434,16 +490,14 @@ def resolve_settings(
 
 
 _remembered: DebugSettings | None = None
-_remembered_pid = 0
 _lock = forksafe.lock()
 
 
 def remember(settings: DebugSettings) -> DebugSettings:
     """Keep ``settings`` as the ones this process was enabled with; returns them."""
-    global _remembered, _remembered_pid
+    global _remembered
     with _lock:
         _remembered = settings
-        _remembered_pid = os.getpid()
     return settings
 
 
@@ -455,13 +509,6 @@ def remembered() -> DebugSettings | None:
     return _remembered
 
 
-def forget() -> None:
-    """Forget the remembered settings (tests use it)."""
-    global _remembered
-    with _lock:
-        _remembered = None
-
-
 def settings_for(args: Any = None, env: Mapping[str, str] | None = None, **overrides: Any) -> DebugSettings:
     """What a helper called later uses: with no ``args`` and no overrides, the remembered
     settings (else the environment's); otherwise :func:`resolve_settings` of what is given."""
@@ -471,3 +518,79 @@ def settings_for(args: Any = None, env: Mapping[str, str] | None = None, **overr
         if found is not None:
             return found
     return resolve_settings(args, env=env, **given)
+
+
+# -- process variables ---------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Variable(Generic[T]):
+    """An ``AMLDBG_*`` variable that is not a ``--remote_debug*`` flag: a part of amldbg reads
+    it, through :func:`env_value`, at the moment it needs it.
+
+    ``invalid`` says what text the parser rejects does: ``"warn"`` (one warning line per
+    process, then ``default``), ``"raise"`` (``ValueError``: the reader words its own
+    warning) or ``"ignore"`` (``default``, silently). With ``blank_is_default`` a blank value
+    is "not set"; without it, the parser gets the blank text.
+    """
+
+    env_var: str
+    parse: Callable[[Any], T]
+    default: T
+    help: str
+    invalid: str = "warn"
+    blank_is_default: bool = True
+
+    def verdict(self, env: Mapping[str, str] | None = None) -> Verdict:
+        """What the variable in ``env`` gives, without a warning (see :func:`judge_env`)."""
+        return judge_env(self.env_var, self.parse, self.default, env, blank_is_default=self.blank_is_default)
+
+
+LOG_CALLS: Variable[bool | None] = Variable(
+    "AMLDBG_LOG_CALLS", parse_bool, None,
+    "1/0: log (or not) one line per run() call of an entry script; unset, the runtime decides "
+    "(per mini-batch in ParallelRunStep, not under the inference server, which logs its own)",
+)
+REMOTE_DEBUG_PROCESSES: Variable[tuple[int, ...] | None] = Variable(
+    "AMLDBG_REMOTE_DEBUG_PROCESSES", parse_ranks, (0,),
+    "which worker processes of a parallel job's node listen for a debugger: 'all' or a list "
+    "like 0,2 (default: 0)",
+    invalid="raise",
+)
+PROCESS_INDEX: Variable[int | None] = Variable(
+    "AMLDBG_PROCESS_INDEX", parse_index, None,
+    "this worker process's index on its node, when the parallel runtime's agent name does not "
+    "carry it (a local driver sets it); an invalid value is ignored",
+    invalid="ignore",
+)
+DIAGNOSTICS_DIR: Variable[str | None] = Variable(
+    "AMLDBG_DIAGNOSTICS_DIR", str, None,
+    "the folder for stack dumps and crash reports (default: outputs/amldbg)",
+    # The folder's name is taken as given, blanks included.
+    blank_is_default=False,
+)
+REGISTRY_DIR: Variable[str | None] = Variable(
+    "AMLDBG_REGISTRY_DIR", parse_text, None,
+    "the folder of the registry of running scripts that amldbg signal reads "
+    "(default: $XDG_RUNTIME_DIR/amldbg, else /tmp/amldbg-<uid>)",
+)
+NODE_ADDRESS: Variable[str | None] = Variable(
+    "AMLDBG_NODE_ADDRESS", parse_text, None,
+    "the address announced for this node (default: the default-route interface's)",
+)
+
+#: Every process variable; with :data:`FLAGS` and the log settings
+#: (:mod:`amldbg.logs.settings`), every ``AMLDBG_*`` variable amldbg reads.
+VARIABLES: tuple[Variable[Any], ...] = (
+    LOG_CALLS, REMOTE_DEBUG_PROCESSES, PROCESS_INDEX, DIAGNOSTICS_DIR, REGISTRY_DIR, NODE_ADDRESS,
+)
+
+
+def env_value(variable: Variable[T], env: Mapping[str, str] | None = None) -> T:
+    """The value of ``variable`` in ``env`` (default: this process's environment): its parsed
+    text, else its default; text the parser rejects is handled as ``variable.invalid`` says."""
+    if variable.invalid == "warn":
+        return read_env(variable.env_var, variable.parse, variable.default, env,
+                        blank_is_default=variable.blank_is_default)
+    _, value, error, _ = variable.verdict(env)
+    if error is not None and variable.invalid == "raise":
+        raise ValueError(error)
+    return value

@@ -54,14 +54,14 @@ def go_idle(debugpy: Any, settings: DebugSettings) -> None:
         return
     try:
         debugpy.trace_this_thread(False)
-    except Exception as error:
+    except Exception as error:  # not a guard: a fallback follows, and the text has no type
         announce.warn(f"could not switch off the idle debugger's tracing: {error}")
         return
     untraced: _AllThreadsUntraced | None = None
     try:
         untraced = _AllThreadsUntraced()
         untraced.switch_off()
-    except Exception as error:
+    except Exception as error:  # not a guard: falls back to untracing this thread only
         announce.warn(
             f"could not switch off the idle debugger's tracing on other threads ({error}); "
             f"only this thread runs at full speed"
@@ -77,7 +77,7 @@ def _uses_sys_monitoring() -> bool:
     """Whether the running pydevd traces with ``sys.monitoring`` (Python >= 3.12)."""
     try:
         from _pydevd_bundle import pydevd_constants  # vendored by debugpy
-    except Exception:
+    except Exception:  # pydevd's layout moved: judge by the Python version instead
         return sys.version_info >= (3, 12)
     return bool(getattr(pydevd_constants, "PYDEVD_USE_SYS_MONITORING", False))
 
@@ -179,13 +179,13 @@ def _watch_for_late_attach(
                     untraced.trace_everything()
                 else:
                     _trace_thread_again(thread_ident)
-            except Exception as error:
+            except Exception as error:  # not a guard: falls back to re-tracing one thread
                 announce.warn(f"could not trace every thread for the late debugger: {error}")
                 if untraced is not None:
                     untraced = None
                     try:
                         _trace_thread_again(thread_ident)
-                    except Exception:
+                    except Exception:  # the fallback failed too: the watcher ends quietly
                         return
         connected = now
 

@@ -87,12 +87,6 @@ def set_current(session: DebugSession) -> None:
     note_debugger()
 
 
-def forget() -> None:
-    """Forget this process's session (tests use it)."""
-    global _session
-    _session = None
-
-
 def _global_debugger() -> Any:
     # pydevd is only in sys.modules when some debugger was started in this process (or in
     # the process it was forked from): by `python -m debugpy`, by the inference server's
@@ -103,7 +97,7 @@ def _global_debugger() -> Any:
         return None
     try:
         return get()
-    except Exception:
+    except Exception:  # best effort: pydevd half set up counts as no debugger
         return None
 
 
@@ -171,7 +165,7 @@ def wait_for_client(debugpy: Any, timeout: float, progress_interval: float, wher
         try:
             if debugpy.is_client_connected():
                 return True
-        except Exception:
+        except Exception:  # best effort: debugpy torn down (interpreter exiting) means nobody
             return False
         now = time.monotonic()
         if now >= deadline:

@@ -8,6 +8,7 @@ the post-mortem hooks or :func:`amldbg.breakpoint`); it never resolves them agai
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import math
 import os
@@ -74,7 +75,7 @@ def start(
             return DebugSession(mode="failed", reason="debugpy is not installed", rank=topology.rank)
         hook = sys.breakpointhook
         try:
-            session = _start(debugpy, settings, topology, env, progress_interval)
+            session = _start(debugpy, _Context.of(settings, topology, env, progress_interval))
         finally:
             # debugpy takes over breakpoint(); plain breakpoint() keeps the meaning it had
             # (Python's own, PYTHONBREAKPOINT, or amldbg's routing when that was asked for).
@@ -84,128 +85,209 @@ def start(
         return session
 
 
-def _start(
-    debugpy: Any,
-    settings: DebugSettings,
-    topology: environment.Topology,
-    env: Mapping[str, str],
-    progress_interval: float,
-) -> DebugSession:
-    timeout = settings.timeout
-    node, how = environment.node_address(env)
-    base = {
-        "rank": topology.rank,
-        "local_rank": topology.local_rank,
-        "world_size": topology.world_size,
-        "pid": os.getpid(),
-        "timeout": seconds(timeout),
-        "cwd": os.getcwd(),
-    }
-    who = f"rank {topology.rank} (pid {os.getpid()})"
-    if topology.is_distributed:
-        who = (
-            f"rank {topology.rank} of {topology.world_size} (local rank {topology.local_rank}, "
-            f"node {node}, pid {os.getpid()})"
+@dataclasses.dataclass(frozen=True)
+class _Context:
+    """Who starts a debugger, and where: what every line of one start shares."""
+
+    settings: DebugSettings
+    topology: environment.Topology
+    progress_interval: float
+    #: This node's address as a client elsewhere reaches it, and the rule that chose it.
+    node: str
+    how: str
+    #: How the lines name this process: ``rank 0 (pid 12)``, more when distributed.
+    who: str
+    #: The script's working directory: the remote root of the launch.json entry.
+    cwd: str
+    #: The fields every ``amldbg endpoint:`` line of this start carries.
+    fields: Mapping[str, Any]
+
+    @classmethod
+    def of(
+        cls,
+        settings: DebugSettings,
+        topology: environment.Topology,
+        env: Mapping[str, str],
+        progress_interval: float,
+    ) -> _Context:
+        """The context of this process, looked up once."""
+        node, how = environment.node_address(env)
+        pid = os.getpid()
+        cwd = os.getcwd()
+        who = f"rank {topology.rank} (pid {pid})"
+        if topology.is_distributed:
+            who = (
+                f"rank {topology.rank} of {topology.world_size} (local rank "
+                f"{topology.local_rank}, node {node}, pid {pid})"
+            )
+        fields = {
+            "rank": topology.rank,
+            "local_rank": topology.local_rank,
+            "world_size": topology.world_size,
+            "pid": pid,
+            "timeout": seconds(settings.timeout),
+            "cwd": cwd,
+        }
+        return cls(settings, topology, progress_interval, node, how, who, cwd, fields)
+
+    @property
+    def port(self) -> int:
+        """The port this process debugs on (:func:`amldbg.core.environment.debug_port`)."""
+        return environment.debug_port(self.settings.port, self.topology.local_rank)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Endpoint:
+    """A debug endpoint as its ``amldbg endpoint:`` lines and its session describe it."""
+
+    mode: str  # "listen" or "connect"
+    host: str  # the address a client attaches to (listen) or listens at (connect)
+    port: int
+    bind: str | None = None  # the address listened on, in listen mode
+
+    def announce(self, context: _Context, state: str) -> None:
+        """Write the endpoint's ``amldbg endpoint:`` line in ``state``."""
+        listened = {} if self.bind is None else {"bind": self.bind}
+        announce.endpoint(
+            state=state, mode=self.mode, host=self.host, port=self.port, **listened,
+            **context.fields,
         )
 
+
+@dataclasses.dataclass(frozen=True)
+class _Opened:
+    """An endpoint a mode opened and announced, and how the wait that follows goes."""
+
+    endpoint: _Endpoint
+    #: When the timeout started to count.
+    started: float
+    #: The session's reason when no client attached.
+    unattached: str
+    #: False when the process listens for a client at any time (listen, timeout 0): no
+    #: wait, no ``Debugger attached`` line unless one is there, no idling.
+    waits: bool = True
+    #: The line written before the wait starts, if any.
+    wait_note: str | None = None
+
+
+def _start(debugpy: Any, context: _Context) -> DebugSession:
+    """The one story of a start: reuse a running debugger, or open an endpoint in the
+    settings' mode (listen, or connect out to a client) and wait for a client there."""
     if sessions.existing_debugger():
-        announce.info(f"a debugger is already active in this process; {who} reuses it")
+        announce.info(f"a debugger is already active in this process; {context.who} reuses it")
         attached = bool(debugpy.is_client_connected())
+        timeout = context.settings.timeout
         if not attached and timeout > 0:
-            attached = wait_for_client(debugpy, timeout, progress_interval, "the active debugger")
+            attached = wait_for_client(
+                debugpy, timeout, context.progress_interval, "the active debugger"
+            )
         say_attached(attached)
         return DebugSession(
-            mode="reused", attached=attached, rank=topology.rank, reason="debugger already active"
+            mode="reused", attached=attached, rank=context.topology.rank,
+            reason="debugger already active",
         )
 
     # Must precede listen/connect: debugpy patches subprocess creation at that point, which
     # costs every child process about a second of start-up.
-    debugpy.configure(subProcess=settings.remote_debug_subprocess)
+    debugpy.configure(subProcess=context.settings.remote_debug_subprocess)
 
-    if settings.remote_debug_client_ip:
-        return _connect(debugpy, settings, topology, node, base, who, progress_interval)
-    return _listen(debugpy, settings, topology, node, how, base, who, progress_interval)
+    open_endpoint = _connect if context.settings.remote_debug_client_ip else _listen
+    opened = open_endpoint(debugpy, context)
+    if isinstance(opened, DebugSession):
+        return opened  # failed, and said so
+    return _wait_for_client(debugpy, context, opened)
 
 
-def _listen(
-    debugpy: Any,
-    settings: DebugSettings,
-    topology: environment.Topology,
-    node: str,
-    how: str,
-    base: dict[str, Any],
-    who: str,
-    progress_interval: float,
-) -> DebugSession:
+def _listen(debugpy: Any, context: _Context) -> _Opened | DebugSession:
+    """Listen mode's piece: listen on a free port from the requested one and announce it."""
+    settings = context.settings
     bind = settings.remote_debug_listen_host
-    requested = settings.port + topology.local_rank if settings.port else 0
+    requested = context.port
     address, error = _bindable_address(bind, min(10.0, max(1.0, settings.timeout)))
     port = None
     if address is not None:
         port, error = _listen_on_free_port(debugpy, address, requested)
     if port is None:
         announce.warn(f"could not listen for a debugger on {bind}:{requested}: {error}")
-        announce.endpoint(state="failed", mode="listen", host=node, port=requested, bind=bind, **base)
+        _Endpoint("listen", context.node, requested, bind).announce(context, "failed")
         say_attached(False)
-        return DebugSession(mode="failed", reason=str(error), bind=bind, rank=topology.rank)
+        return DebugSession(mode="failed", reason=str(error), bind=bind, rank=context.topology.rank)
     if requested and port != requested:
         announce.info(f"port {requested} is taken; listening on port {port} instead")
 
-    host = node if bind in ("0.0.0.0", "::", "") else bind
-    announce.info(f"remote debugging on {who}: listening on {bind}:{port}, attach to {host}:{port}")
-    exposure = exposure_warning(bind, port)
-    if exposure:
-        announce.warn(exposure)
-    timeout = settings.timeout
-    announce.say(f"Timeout for debug connection: {seconds(timeout)}")
-    announce.say(f"ip_address: {host}")
+    host = context.node if bind in ("0.0.0.0", "::", "") else bind
+    endpoint = _Endpoint("listen", host, port, bind)
+    # With timeout 0 the user asked to listen for a client at any time: keep tracing.
+    waits = settings.timeout > 0
+    _say_where(
+        context, f"listening on {bind}:{port}, attach to {host}:{port}", host,
+        warning=exposure_warning(bind, port),
+    )
     announce.say(f"port: {port}")
-    announce.info(f"node address {node} chosen by {how}")
-    announce.endpoint(
-        state="waiting" if timeout > 0 else "listening",
-        mode="listen",
-        host=host,
-        port=port,
-        bind=bind,
-        **base,
+    announce.info(f"node address {context.node} chosen by {context.how}")
+    endpoint.announce(context, "waiting" if waits else "listening")
+    _say_entry(
+        vscode.attach_config(
+            host, port, remote_root=context.cwd,
+            name=f"Azure ML: attach to rank {context.topology.rank}",
+        ),
+        'add it to "configurations"',
     )
-    entry = vscode.attach_config(
-        host, port, remote_root=os.getcwd(), name=f"Azure ML: attach to rank {topology.rank}"
+    return _Opened(
+        endpoint,
+        started=time.monotonic(),
+        unattached="no client attached within the timeout",
+        waits=waits,
+        wait_note=(
+            f"waiting up to {seconds(settings.timeout)} s for a debugger to attach to "
+            f"{host}:{port}"
+        ),
     )
-    announce.info("VS Code launch.json entry (add it to \"configurations\"):")
-    announce.say(vscode.render(entry))
 
+
+def _wait_for_client(debugpy: Any, context: _Context, opened: _Opened) -> DebugSession:
+    """The end both modes share: wait what is left of the timeout for a client, say whether
+    one attached, and give a process nobody attached to its speed back."""
+    endpoint = opened.endpoint
     attached = bool(debugpy.is_client_connected())
-    started = time.monotonic()
-    if timeout > 0 and not attached:
-        announce.info(
-            f"waiting up to {seconds(timeout)} s for a debugger to attach to {host}:{port}"
+    left = context.settings.timeout - (time.monotonic() - opened.started)
+    if opened.waits and not attached and left > 0:
+        if opened.wait_note:
+            announce.info(opened.wait_note)
+        attached = wait_for_client(
+            debugpy, left, context.progress_interval, f"{endpoint.host}:{endpoint.port}"
         )
-        attached = wait_for_client(debugpy, timeout, progress_interval, f"{host}:{port}")
-    waited = time.monotonic() - started
-    if timeout > 0 or attached:
+    waited = time.monotonic() - opened.started
+    if opened.waits or attached:
         say_attached(attached)
-        announce.endpoint(
-            state="attached" if attached else "not-attached",
-            mode="listen",
-            host=host,
-            port=port,
-            bind=bind,
-            **base,
-        )
-    if timeout > 0 and not attached:
-        # With timeout 0 the user asked to listen for a client at any time: keep tracing.
-        idle.go_idle(debugpy, settings)
+        endpoint.announce(context, "attached" if attached else "not-attached")
+    if opened.waits and not attached:
+        idle.go_idle(debugpy, context.settings)
     return DebugSession(
-        mode="listen",
-        host=host,
-        port=port,
-        bind=bind,
+        mode=endpoint.mode,
+        host=endpoint.host,
+        port=endpoint.port,
+        bind=endpoint.bind,
         attached=attached,
-        rank=topology.rank,
+        rank=context.topology.rank,
         waited=waited,
-        reason="client attached" if attached else "no client attached within the timeout",
+        reason="client attached" if attached else opened.unattached,
     )
+
+
+def _say_where(context: _Context, doing: str, address: str, warning: str | None = None) -> None:
+    """Say what this process does, then the guides' lines: the timeout and ``ip_address``."""
+    announce.info(f"remote debugging on {context.who}: {doing}")
+    if warning:
+        announce.warn(warning)
+    announce.say(f"Timeout for debug connection: {seconds(context.settings.timeout)}")
+    announce.say(f"ip_address: {address}")
+
+
+def _say_entry(entry: dict[str, Any], note: str) -> None:
+    """Write the VS Code launch.json entry that reaches the endpoint, and what to do with it."""
+    announce.info(f"VS Code launch.json entry ({note}):")
+    announce.say(vscode.render(entry))
 
 
 def exposure_warning(bind: str, port: int) -> str | None:
@@ -276,65 +358,39 @@ def _listen_on_free_port(debugpy: Any, bind: str, requested: int) -> tuple[int |
     return None, error
 
 
-def _connect(
-    debugpy: Any,
-    settings: DebugSettings,
-    topology: environment.Topology,
-    node: str,
-    base: dict[str, Any],
-    who: str,
-    progress_interval: float,
-) -> DebugSession:
-    client = str(settings.remote_debug_client_ip)
-    port = settings.port + topology.local_rank if settings.port else settings.port
-    timeout = settings.timeout
-    announce.info(
-        f"remote debugging on {who}: connecting to the VS Code listening at {client}:{port}"
+def _connect(debugpy: Any, context: _Context) -> _Opened | DebugSession:
+    """Connect mode's piece: announce, then connect out to the VS Code listening at the
+    client address."""
+    client = str(context.settings.remote_debug_client_ip)
+    endpoint = _Endpoint("connect", client, context.port)
+    port = endpoint.port
+    timeout = context.settings.timeout
+    _say_where(context, f"connecting to the VS Code listening at {client}:{port}", context.node)
+    endpoint.announce(context, "connecting")
+    _say_entry(
+        vscode.listen_config(
+            port, remote_root=context.cwd, name=f"Azure ML: listen for rank {context.topology.rank}"
+        ),
+        "start it before the script connects",
     )
-    announce.say(f"Timeout for debug connection: {seconds(timeout)}")
-    announce.say(f"ip_address: {node}")
-    announce.endpoint(state="connecting", mode="connect", host=client, port=port, **base)
-    entry = vscode.listen_config(
-        port, remote_root=os.getcwd(), name=f"Azure ML: listen for rank {topology.rank}"
-    )
-    announce.info("VS Code launch.json entry (start it before the script connects):")
-    announce.say(vscode.render(entry))
     started = time.monotonic()
     # pydevd's TCP connect timeout (10 s by default) must not outlast the user's timeout.
     os.environ.setdefault("PYDEVD_CONNECT_TIMEOUT", str(max(1, min(10, math.ceil(timeout)))))
     try:
         _connect_within(debugpy, client, port, timeout)
     except Exception as error:
-        # debugpy makes a single attempt and cannot retry in the same process.
+        # Not a guard: a refused or silent peer is an expected outcome with its own warning,
+        # endpoint line and failed session. debugpy makes a single attempt and cannot retry.
         announce.warn(
             f"could not connect to a VS Code listening at {client}:{port} ({error}); "
             f"debugpy cannot retry in this process, so the script continues without a debugger"
         )
         say_attached(False)
-        announce.endpoint(state="failed", mode="connect", host=client, port=port, **base)
+        endpoint.announce(context, "failed")
         return DebugSession(
-            mode="failed", host=client, port=port, reason=str(error), rank=topology.rank
+            mode="failed", host=client, port=port, reason=str(error), rank=context.topology.rank
         )
-    attached = bool(debugpy.is_client_connected())
-    left = timeout - (time.monotonic() - started)
-    if not attached and left > 0:
-        attached = wait_for_client(debugpy, left, progress_interval, f"{client}:{port}")
-    say_attached(attached)
-    announce.endpoint(
-        state="attached" if attached else "not-attached", mode="connect", host=client, port=port,
-        **base,
-    )
-    if not attached:
-        idle.go_idle(debugpy, settings)
-    return DebugSession(
-        mode="connect",
-        host=client,
-        port=port,
-        attached=attached,
-        rank=topology.rank,
-        waited=time.monotonic() - started,
-        reason="client attached" if attached else "the client did not finish attaching in time",
-    )
+    return _Opened(endpoint, started=started, unattached="the client did not finish attaching in time")
 
 
 class _ConnectTimeout(Exception):

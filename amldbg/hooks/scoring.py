@@ -30,7 +30,7 @@ import time
 import traceback
 from typing import Any, Callable, Mapping, TypeVar, overload
 
-from amldbg.core import announce, runtime
+from amldbg.core import announce, environment, runtime
 from amldbg.core import settings as settings_module
 from amldbg.core.guard import describe, guard
 from amldbg.hooks import parallel
@@ -41,9 +41,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 #: is not set: the guides' deployment block waits 30 s, not a training job's 300 s, because
 #: the server answers no health probe while init() waits.
 DEFAULT_INIT_TIMEOUT = 30.0
-#: Set to 1/0 to log (or not) one line per ``run()`` call; the default logs per mini-batch
-#: in ParallelRunStep and not per request under the inference server (which logs its own).
-LOG_CALLS_ENV = "AMLDBG_LOG_CALLS"
 _TIMEOUT_ENV = settings_module.env_var("remote_debug_connection_timeout")
 _ENABLED_ENV = settings_module.env_var("remote_debug")
 _POST_MORTEM_ENV = settings_module.env_var("remote_debug_post_mortem")
@@ -110,7 +107,7 @@ def _emit(level: int, message: str) -> None:
         if _sink is None:
             _sink = _resolve_sink()
         _sink(level, message)
-    except Exception as error:  # a broken logger must not turn into the user's failure
+    except Exception as error:  # not a guard: one warning for all lines, then plain stdout
         announce.warn_once(
             "scoring-sink", f"could not write a log line through the configured logger: {describe(error)}"
         )
@@ -240,28 +237,17 @@ def _start_debugging(options: _InitOptions, env: Mapping[str, str]) -> Any:
         offset = worker.index
         who = f"inference server worker {worker.index + 1} of {worker.count} (pid {worker.pid})"
     elif in_prs:
-        index = runtime.process_index(env)
-        try:
-            selected = parallel.selected_processes(env)
-        except ValueError as error:
-            announce.warn_once(
-                "processes:" + str(error),
-                f"ignoring {parallel.PROCESSES_ENV}: {error}; only process 0 debugs",
-            )
-            selected = (0,)
-        if selected is not None and index not in selected:
-            announce.info(
-                f"parallel job process {index} (pid {os.getpid()}) does not debug "
-                f"({parallel.PROCESSES_ENV}={','.join(map(str, selected))})"
-            )
+        index = parallel.debugging_process(env)
+        if index is None:
             return None
         offset = index
         who = f"parallel job process {index} (pid {os.getpid()})"
 
     base = settings.port
-    if base and offset:
-        settings = dataclasses.replace(settings, remote_debug_port=base + offset)
-        announce.info(f"{who} debugs on port {base + offset} (base port {base} + {offset})")
+    port = environment.debug_port(base, offset)
+    if port != base:
+        settings = dataclasses.replace(settings, remote_debug_port=port)
+        announce.info(f"{who} debugs on port {port} (base port {base} + {offset})")
 
     session = remote.enable_with(settings)
     if session.active and (worker is not None or in_prs):
@@ -312,11 +298,11 @@ def debug_run(func: Any = None, *, log_calls: bool | None = None) -> Any:
     under a microsecond per call when nothing is logged.
     """
     if log_calls is None:
-        log_calls = settings_module.read_env(LOG_CALLS_ENV, settings_module.parse_bool, None)
+        log_calls = settings_module.env_value(settings_module.LOG_CALLS)
         if log_calls is None:
             try:
                 log_calls = runtime.in_parallel_run()
-            except Exception:
+            except Exception:  # best effort: the runtime's probe failing means no runtime
                 log_calls = False
     options = _RunOptions(log_calls=bool(log_calls))
 
@@ -342,7 +328,7 @@ def _wrap_run(func: F) -> F:
         started = _clock()
         try:
             result = func(*args, **kwargs)
-        except Exception as error:
+        except Exception as error:  # the user's exception: logged, then re-raised as it is
             _failed(func, error, _clock() - started, args, kwargs)
             raise  # the same object and traceback: the host handles it as without amldbg
         if _calls_logged:
@@ -358,7 +344,7 @@ def _size(value: Any) -> int | None:
         return None
     try:
         return len(value)
-    except Exception:
+    except Exception:  # best effort: a count is an extra, not every batch has one
         return None
 
 
@@ -384,7 +370,7 @@ def _succeeded(func: Any, elapsed: float, args: tuple[Any, ...], result: Any) ->
         results = _size(result) if batch else None
         counts = f" -> {results} result{'s' if results != 1 else ''}" if results is not None else ""
         _emit(logging.INFO, f"{_name(func)}(){batch}{counts} took {elapsed * 1000:.1f} ms{process}")
-    except Exception as error:
+    except Exception as error:  # not a guard: one warning for all calls, not per message
         announce.warn_once("log-call", f"could not log the call of run(): {describe(error)}")
 
 
@@ -405,7 +391,7 @@ def request_ids(request_headers: Mapping[str, str] | None = None) -> dict[str, s
                     value = getattr(flask.g, key, "")
                     if value:
                         ids[key] = str(value)
-        except Exception:
+        except Exception:  # best effort: no request context, try the headers instead
             pass
     if not ids and request_headers:
         lowered = {str(k).lower(): str(v) for k, v in dict(request_headers).items()}
@@ -435,7 +421,7 @@ def _failed(
             logging.ERROR,
             f"{_name(func)}(){batch} failed ({', '.join(details)}):\n{text.rstrip()}",
         )
-    except Exception as own:
+    except Exception as own:  # not a guard: one warning for all failures, not per message
         announce.warn_once("log-failure", f"could not log the failure of run(): {describe(own)}")
     _post_mortem(error)
 

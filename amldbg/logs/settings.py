@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from amldbg.core import settings as core_settings
 from amldbg.logs.connection import CONNECTION_STRING_ENV
@@ -32,6 +32,13 @@ DEFAULT_BACKEND = "opencensus"
 _parse_backend = core_settings.parse_choice(BACKENDS)
 _parse_metrics = core_settings.parse_choice(METRIC_DESTINATIONS)
 
+_ROW = "amldbg.log_setting"
+
+
+def _setting(default: Any, env_var: str | None = None, parse: Callable[[Any], Any] | None = None) -> Any:
+    """A field of :class:`LogSettings` and, read from it, its row of :data:`LOG_SETTINGS`."""
+    return dataclasses.field(default=default, metadata={_ROW: (env_var, parse)})
+
 
 @dataclasses.dataclass(frozen=True)
 class LogSettings:
@@ -45,16 +52,19 @@ class LogSettings:
     ``metrics_to_appinsights`` also sends each metric as a trace; ``metrics`` picks the
     metric destination (``"auto"``, ``"azureml"``, ``"mlflow"``, ``"driver-log"``);
     ``run`` is an explicit azureml-core ``Run`` to log metrics to.
+
+    The fields are the table of log settings: each one names its environment variable and
+    parser, and :func:`from_environment`, :func:`update` and ``amldbg doctor`` read them.
     """
 
-    connection_string: str | None = None
-    backend: str = DEFAULT_BACKEND
-    grace_period: float = DEFAULT_GRACE_PERIOD
-    queue_size: int = DEFAULT_QUEUE_SIZE
-    all_ranks: bool = False
-    metrics_to_appinsights: bool = False
-    metrics: str = "auto"
-    run: Any = None
+    connection_string: str | None = _setting(None, CONNECTION_STRING_ENV)
+    backend: str = _setting(DEFAULT_BACKEND, BACKEND_ENV, _parse_backend)
+    grace_period: float = _setting(DEFAULT_GRACE_PERIOD, GRACE_ENV, core_settings.parse_timeout)
+    queue_size: int = _setting(DEFAULT_QUEUE_SIZE, QUEUE_ENV, core_settings.parse_positive_int)
+    all_ranks: bool = _setting(False, ALL_RANKS_ENV, core_settings.parse_bool)
+    metrics_to_appinsights: bool = _setting(False, parse=core_settings.parse_bool)
+    metrics: str = _setting("auto", METRICS_ENV, _parse_metrics)
+    run: Any = _setting(None)
 
     def __repr__(self) -> str:  # never show the connection string
         shown = dataclasses.replace(self, connection_string="****" if self.connection_string else None)
@@ -62,18 +72,41 @@ class LogSettings:
         return f"LogSettings({fields})"
 
 
+@dataclasses.dataclass(frozen=True)
+class LogSetting:
+    """One log setting: its field of :class:`LogSettings`, its default, the environment
+    variable that sets it (``None``: only :func:`amldbg.configure_logging` does) and its
+    parser (``None``: the value is taken as given; from the environment, trimmed)."""
+
+    name: str
+    default: Any
+    env_var: str | None
+    parse: Callable[[Any], Any] | None
+
+    def verdict(self, env: Mapping[str, str] | None = None) -> core_settings.Verdict:
+        """What the variable in ``env`` gives, without a warning (see ``core.settings.judge_env``)."""
+        assert self.env_var is not None, f"{self.name} has no environment variable"
+        return core_settings.judge_env(self.env_var, self.parse or core_settings.parse_text, self.default, env)
+
+    def from_env(self, env: Mapping[str, str] | None = None) -> Any:
+        """The value in ``env``, else the default; an invalid value warns once (``read_env``)."""
+        assert self.env_var is not None, f"{self.name} has no environment variable"
+        return core_settings.read_env(self.env_var, self.parse or core_settings.parse_text, self.default, env)
+
+
+#: Every log setting, in :class:`LogSettings`' field order (read from its fields).
+LOG_SETTINGS: tuple[LogSetting, ...] = tuple(
+    LogSetting(field.name, field.default, *field.metadata[_ROW]) for field in dataclasses.fields(LogSettings)
+)
+#: The log settings an environment variable sets.
+ENV_SETTINGS: tuple[LogSetting, ...] = tuple(row for row in LOG_SETTINGS if row.env_var is not None)
+SETTINGS_BY_NAME = {row.name: row for row in LOG_SETTINGS}
+
+
 def from_environment(env: Mapping[str, str] | None = None) -> LogSettings:
     """Settings as the environment variables give them (documented in the README)."""
     env = os.environ if env is None else env
-    read = core_settings.read_env
-    return LogSettings(
-        connection_string=env.get(CONNECTION_STRING_ENV, "").strip() or None,
-        backend=read(BACKEND_ENV, _parse_backend, DEFAULT_BACKEND, env),
-        grace_period=read(GRACE_ENV, core_settings.parse_timeout, DEFAULT_GRACE_PERIOD, env),
-        queue_size=read(QUEUE_ENV, core_settings.parse_positive_int, DEFAULT_QUEUE_SIZE, env),
-        all_ranks=read(ALL_RANKS_ENV, core_settings.parse_bool, False, env),
-        metrics=read(METRICS_ENV, _parse_metrics, "auto", env),
-    )
+    return LogSettings(**{row.name: row.from_env(env) for row in ENV_SETTINGS})
 
 
 _current: LogSettings | None = None
@@ -95,18 +128,10 @@ def update(**changes: Any) -> LogSettings:
     global _current
     base = current()
     given = {k: v for k, v in changes.items() if v is not None}
-    if "backend" in given:
-        given["backend"] = _parse_backend(given["backend"])
-    if "metrics" in given:
-        given["metrics"] = _parse_metrics(given["metrics"])
-    if "grace_period" in given:
-        given["grace_period"] = core_settings.parse_timeout(given["grace_period"])
-    if "queue_size" in given:
-        given["queue_size"] = core_settings.parse_positive_int(given["queue_size"])
-    if "all_ranks" in given:
-        given["all_ranks"] = core_settings.parse_bool(given["all_ranks"])
-    if "metrics_to_appinsights" in given:
-        given["metrics_to_appinsights"] = core_settings.parse_bool(given["metrics_to_appinsights"])
+    for name, value in given.items():
+        row = SETTINGS_BY_NAME.get(name)  # an unknown name is dataclasses.replace's TypeError
+        if row is not None and row.parse is not None:
+            given[name] = row.parse(value)
     _current = dataclasses.replace(base, **given)
     return _current
 

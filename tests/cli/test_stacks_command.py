@@ -14,17 +14,10 @@ import pytest
 
 from processes import ROOT, child_env
 
-# Runs the real command; registers `stacks` itself until amldbg/cli/__init__.py does.
+# Runs the real command.
 HARNESS = """
-import argparse, sys
+import sys
 from amldbg import cli
-parser = cli.build_parser()
-sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-if "stacks" not in sub.choices:
-    from amldbg.cli import stacks
-    from amldbg.cli.common import formatter
-    stacks.add_parser(sub, formatter)
-    cli.build_parser = lambda: parser
 sys.exit(cli.main(sys.argv[1:]))
 """
 

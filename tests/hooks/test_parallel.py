@@ -268,3 +268,33 @@ def test_without_runtime_or_index_it_is_not_a_parallel_run(monkeypatch: pytest.M
     assert parallel.selected_processes({"AMLDBG_REMOTE_DEBUG_PROCESSES": "all"}) is None
     with pytest.raises(ValueError):
         parallel.selected_processes({"AMLDBG_REMOTE_DEBUG_PROCESSES": "first"})
+
+
+def test_process_selection_says_who_does_not_debug_and_warns_once_about_a_bad_value(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from amldbg.hooks import parallel
+
+    def chosen(index: int, processes: str | None = None) -> int | None:
+        env = {"AMLDBG_PROCESS_INDEX": str(index)}
+        if processes is not None:
+            env["AMLDBG_REMOTE_DEBUG_PROCESSES"] = processes
+        return parallel.debugging_process(env)
+
+    assert chosen(0) == 0
+    assert chosen(3, "all") == 3
+    assert chosen(2, "0,2") == 2
+    assert chosen(1) is None
+    assert capsys.readouterr().out.splitlines() == [
+        f"amldbg: parallel job process 1 (pid {os.getpid()}) does not debug "
+        f"(AMLDBG_REMOTE_DEBUG_PROCESSES=0)"
+    ]
+    assert chosen(0, "first") == 0
+    assert chosen(2, "first") is None
+    warning, *rest = capsys.readouterr().out.splitlines()  # the bad value is warned about once
+    assert warning.startswith("amldbg: warning: ignoring AMLDBG_REMOTE_DEBUG_PROCESSES: ")
+    assert warning.endswith("; only process 0 debugs")
+    assert rest == [
+        f"amldbg: parallel job process 2 (pid {os.getpid()}) does not debug "
+        f"(AMLDBG_REMOTE_DEBUG_PROCESSES=0)"
+    ]
