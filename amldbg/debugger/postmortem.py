@@ -3,13 +3,14 @@
 
 Post-mortem debugging is armed by ``--remote_debug_post_mortem`` (or
 ``AMLDBG_REMOTE_DEBUG_POST_MORTEM=1``) through :func:`amldbg.enable_remote_debug`, or
-explicitly by :func:`enable_post_mortem`. Arming costs nothing at run time: it chains
-``sys.excepthook`` and ``threading.excepthook`` and does not start debugpy. When an exception
-reaches one of them, amldbg starts the debugger if it is not running, announces where to
-attach, waits at most the connection timeout, and when a client attaches, stops at the frame
-that raised with its locals intact (``debugpy.trigger_exception_handler``). Then the hook
-that was there before runs, so the same traceback is printed and the process exits with the
-same code as without amldbg.
+explicitly by :func:`enable_post_mortem`. Arming costs nothing at run time: it plugs into
+amldbg's crash hooks (:mod:`amldbg.diagnostics.crash`, which chain ``sys.excepthook`` and
+``threading.excepthook``) and does not start debugpy. When an uncaught exception reaches
+them, the crash report is written first; then amldbg starts the debugger if it is not
+running, announces where to attach, waits at most the connection timeout, and when a client
+attaches, stops at the frame that raised with its locals intact
+(``debugpy.trigger_exception_handler``). Then the hook that was there before runs, so the
+same traceback is printed and the process exits with the same code as without amldbg.
 
 debugpy is imported only when an exception actually has to be shown.
 """
@@ -22,31 +23,36 @@ import os
 import sys
 import threading
 from types import TracebackType
-from typing import Any, Callable
+from typing import Any
 
 from amldbg.core import announce, environment, forksafe
 from amldbg.core import settings as settings_module
-from amldbg.core.guard import describe
+from amldbg.core.guard import guard
 from amldbg.core.settings import DebugSettings
 from amldbg.debugger import session as sessions
 from amldbg.debugger import start
-from amldbg.diagnostics import stacks, values
+from amldbg.diagnostics import crash, values
 
-# threading.__excepthook__ exists only from Python 3.10; this is the same hook, kept at import.
-_ORIGINAL_THREADING_EXCEPTHOOK = threading.excepthook
 _STAYS_OPEN = (
     "the debug port {port} stays open for the rest of this process (debugpy cannot close a "
     "listener); a client can still attach to it"
 )
+# Quitting pdb is stopping the script on purpose too: no crash report, nothing to debug.
+_NOT_CRASHES = frozenset({"bdb.BdbQuit"})
 
-_lock = forksafe.rlock()
-_settings: DebugSettings | None = None
-_hooks_installed = False
-_previous_excepthook: Callable[..., Any] | None = None
-_previous_threading_excepthook: Callable[..., Any] | None = None
-# A long-running process (a scoring server) may raise many times: only the first
-# post-mortem waits for a client; later ones stop only when a client is already attached.
-_waited = False
+
+class _Armed:
+    """What post-mortem debugging was armed with in this process."""
+
+    def __init__(self) -> None:
+        self.lock = forksafe.rlock()
+        self.settings: DebugSettings | None = None
+        # A long-running process (a scoring server) may raise many times: only the first
+        # post-mortem waits for a client; later ones stop only when a client is attached.
+        self.waited = False
+
+
+_armed = _Armed()
 
 
 # -- arming ----------------------------------------------------------------------------------
@@ -54,17 +60,13 @@ def install(settings: DebugSettings, topology: environment.Topology | None = Non
     """Install the post-mortem exception hooks when ``settings`` ask for them, and keep
     ``settings`` for the hooks and for :func:`post_mortem`. Idempotent; the rank is assumed
     to be selected."""
-    global _settings, _hooks_installed, _previous_excepthook, _previous_threading_excepthook
-    with _lock:
-        _settings = settings
-        if not settings.remote_debug_post_mortem or _hooks_installed:
+    with _armed.lock:
+        _armed.settings = settings
+        if not settings.remote_debug_post_mortem:
             return
-        stacks.resolve_output_dir()  # before the script can chdir away from ./outputs
-        _previous_excepthook = sys.excepthook
-        sys.excepthook = _excepthook
-        _previous_threading_excepthook = threading.excepthook
-        threading.excepthook = _threading_excepthook
-        _hooks_installed = True
+        crash.install()
+        if not crash.add_handler(_HANDLER):
+            return  # armed before
     topology = topology or environment.topology()
     announce.info(
         f"post-mortem debugging is armed on rank {topology.rank} (pid {os.getpid()}): an "
@@ -80,7 +82,7 @@ def enable_post_mortem(args: Any = None, **overrides: Any) -> bool:
     rank is not selected by ``--remote_debug_ranks`` or the settings are invalid (one warning
     line). Nothing is started until an exception is uncaught.
     """
-    try:
+    with guard("post-mortem debugging is off"):
         settings = settings_module.resolve_settings(args, post_mortem=True, **overrides)
         topology = environment.topology()
         settings_module.remember(settings)
@@ -88,80 +90,47 @@ def enable_post_mortem(args: Any = None, **overrides: Any) -> bool:
             return False
         install(settings, topology)
         return True
-    except Exception as error:  # amldbg's own failure must not stop the host script
-        announce.warn(f"post-mortem debugging is off: {describe(error)}")
-        return False
+    return False
 
 
 def enabled_settings() -> DebugSettings | None:
     """The settings post-mortem debugging was armed with in this process, else ``None``."""
-    settings = _settings
+    settings = _armed.settings
     return settings if settings is not None and settings.remote_debug_post_mortem else None
 
 
-# -- the exception hooks ---------------------------------------------------------------------
-def _excepthook(
-    exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
-) -> None:
-    try:
-        if _settings is not None:
-            _crash_report(exc_type, exc, tb, "the main thread")
-            _post_mortem(exc_type, exc, tb, _settings, "the main thread")
-    except BaseException as error:  # e.g. Ctrl+C while waiting: still fail as before
-        announce.warn(f"post-mortem debugging failed: {values.exception_text(error, 300)}")
-    finally:
-        previous = _previous_excepthook or sys.__excepthook__
-        previous(exc_type, exc, tb)
-
-
-def _threading_excepthook(hook_args: Any) -> None:
-    try:
-        if _settings is not None and hook_args.exc_value is not None:
-            name = stacks.thread_name(hook_args.thread)
-            _crash_report(
-                hook_args.exc_type, hook_args.exc_value, hook_args.exc_traceback,
-                f"thread {name!r}",
-            )
-            _post_mortem(
-                hook_args.exc_type, hook_args.exc_value, hook_args.exc_traceback, _settings,
-                f"thread {name!r}",
-            )
-    except BaseException as error:
-        announce.warn(f"post-mortem debugging failed: {values.exception_text(error, 300)}")
-    finally:
-        previous = _previous_threading_excepthook or _ORIGINAL_THREADING_EXCEPTHOOK
-        previous(hook_args)
-
-
-def _crash_report(
-    exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None, where: str
-) -> None:
-    """Leave ``outputs/amldbg/crash-rank<R>-pid<P>.json`` (every frame's values, the topology,
-    the environment) before the debugger part: it is there even when nobody attaches."""
-    if tb is None or _ignored(exc_type):
-        return
-    stall = sys.modules.get("amldbg.diagnostics.stall")
-    if stall is not None and where == "the main thread":
-        # The main thread is ending (and may wait for a debugger now): not a stall.
-        with contextlib.suppress(Exception):
+# -- the crash-hook steps --------------------------------------------------------------------
+def _stop_stall_watchdog(uncaught: crash.Uncaught) -> None:
+    """Before the crash report: the main thread is ending (and may wait for a debugger now),
+    which is not a stall."""
+    stall = sys.modules.get("amldbg.diagnostics.stall")  # not imported when never armed
+    if stall is not None and uncaught.where == crash.MAIN_THREAD:
+        with contextlib.suppress(Exception):  # the report and the debugger come first
             stall.disarm()
-    try:
-        stacks.write_crash_report_once(exc_type, exc, tb, where)
-    except Exception as error:  # the crash report is extra: the script fails as before
-        announce.warn(f"could not write the crash report: {describe(error)}")
+
+
+def _offer_debugger(uncaught: crash.Uncaught) -> None:
+    """After the crash report (on disk even when nobody attaches): the post-mortem wait."""
+    settings = _armed.settings
+    if settings is not None:
+        _post_mortem(uncaught.exc_type, uncaught.exc, uncaught.tb, settings, uncaught.where)
+
+
+_HANDLER = crash.Handler(
+    failure="post-mortem debugging failed",
+    before_report=_stop_stall_watchdog,
+    after_report=_offer_debugger,
+    not_crashes=_NOT_CRASHES,
+)
 
 
 def _ignored(exc_type: type[BaseException]) -> bool:
-    # Stopping the script on purpose is not a crash to debug.
-    if issubclass(exc_type, (KeyboardInterrupt, SystemExit)):
-        return True
     # Read without the class's own attribute hooks (a metaclass's __getattribute__).
-    return values.type_name(exc_type) == "bdb.BdbQuit"
+    return not crash.is_crash(exc_type) or values.type_name(exc_type) in _NOT_CRASHES
 
 
 def _already_handled(exc: BaseException) -> bool:
-    # By identity: a marker attribute would run the exception class's __setattr__.
-    return not stacks.first_time(exc, "post-mortem")
+    return not crash.first_time(exc, "post-mortem")
 
 
 def _post_mortem(
@@ -173,7 +142,6 @@ def _post_mortem(
     wait: bool = True,
 ) -> bool:
     """Show ``exc`` to a debugger client; return True when a client was stopped on it."""
-    global _waited
     if tb is None or _ignored(exc_type) or _already_handled(exc):
         return False
     topology = environment.topology()
@@ -182,9 +150,9 @@ def _post_mortem(
     announce.info(
         f"post-mortem: uncaught {text} in {where} on rank {topology.rank} (pid {os.getpid()})"
     )
-    with _lock:
-        must_wait = wait and not _waited and settings.timeout > 0
-        _waited = _waited or must_wait
+    with _armed.lock:
+        must_wait = wait and not _armed.waited and settings.timeout > 0
+        _armed.waited = _armed.waited or must_wait
     session = sessions.current_session()
     started_now = False
     if not sessions.existing_debugger():
@@ -250,7 +218,7 @@ def _client_stops_on_uncaught(exc_type: type[BaseException]) -> bool:
             return False
         if not py_db.get_exception_breakpoint(exc_type, uncaught):
             return False
-    except Exception:
+    except Exception:  # a pydevd without these internals: amldbg stops on the exception itself
         return False
     # Python 3.12+ debugpy watches every frame through sys.monitoring; before, pydevd only
     # sees exceptions on a thread that carries its trace function.
@@ -291,20 +259,17 @@ def post_mortem(exc: BaseException | None = None, args: Any = None, **overrides:
     a client was shown the exception. Never raises; an exception already shown (by this
     function or the post-mortem hooks) is not shown again.
     """
-    try:
+    with guard("post-mortem debugging failed"):
         if exc is None:
             exc = sys.exc_info()[1]
         if exc is None:
             announce.warn("amldbg.post_mortem() was called with no exception to show")
             return False
-        if args is None and not overrides and _settings is not None:
-            settings = _settings
-        else:
+        settings = _armed.settings
+        if args is not None or overrides or settings is None:
             settings = settings_module.settings_for(args, **overrides)
         return show(exc, settings, "the caller")
-    except Exception as error:  # amldbg's own failure must not stop the host script
-        announce.warn(f"post-mortem debugging failed: {describe(error)}")
-        return False
+    return False
 
 
 def show(exc: BaseException, settings: DebugSettings, where: str) -> bool:

@@ -65,7 +65,7 @@ def enable_with(
     """:func:`enable_remote_debug` for settings already resolved (the entry-script hooks)."""
     try:
         return _enable(settings, progress_interval, topology)
-    except Exception as error:  # amldbg's own failure must not stop the host script
+    except Exception as error:  # not a guard: a failed session comes back, each call warns
         announce.warn(f"remote debugging failed and is off: {describe(error)}")
         return DebugSession(mode="failed", reason=str(error))
 
@@ -138,6 +138,6 @@ def _arm_diagnostics(
 
 def _arm_crash_reports() -> None:
     with guard("crash reports are off"):
-        from amldbg.diagnostics import stacks
+        from amldbg.diagnostics import crash
 
-        stacks.install_crash_hooks()
+        crash.install(watch_child_exit=True)

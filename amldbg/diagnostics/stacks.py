@@ -10,9 +10,8 @@ ptrace) with the innermost frames' local values as bounded, secret-masked reprs;
 * a JSON file ``outputs/amldbg/stacks-rank<R>-pid<P>-<n>.json`` with everything (Azure ML
   uploads ``outputs/`` with the run).
 
-:func:`write_crash_report` writes ``outputs/amldbg/crash-rank<R>-pid<P>.json`` for an
-uncaught exception: the traceback with each frame's values, the topology and an environment
-summary.
+The crash report of an uncaught exception (:mod:`amldbg.diagnostics.crash`) is made of the
+same frame records and written the same way.
 
 A value's repr is bounded: a user ``__repr__`` is called inside ``try`` and its result cut,
 containers are shortened by :mod:`reprlib`, array-like objects (torch, numpy...) are
@@ -36,9 +35,9 @@ import sysconfig
 import threading
 import time
 from types import CodeType, FrameType, TracebackType
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
-from amldbg.core import announce, environment, forksafe, safetext, secrets
+from amldbg.core import announce, environment, forksafe, safetext, secrets, settings
 from amldbg.diagnostics import collectives, values
 
 #: Marks the machine-readable dump line in the driver log; ``amldbg stacks`` reads it.
@@ -49,7 +48,7 @@ DUMP_FORMAT = 1
 #: Where dumps and crash reports go, relative to the working directory (Azure ML uploads it).
 OUTPUT_DIR = os.path.join("outputs", "amldbg")
 #: Set to write dumps elsewhere (tests, or a job whose outputs folder is not ./outputs).
-OUTPUT_DIR_ENV = "AMLDBG_DIAGNOSTICS_DIR"
+OUTPUT_DIR_ENV = settings.DIAGNOSTICS_DIR.env_var
 
 #: Innermost frames kept per thread.
 MAX_FRAMES = 24
@@ -65,15 +64,25 @@ TIME_BUDGET = 1.0
 #: Seconds a trigger waits for a dump already being written before it gives up (a dump
 #: whose output blocks must not block the next trigger, or the main thread, for ever).
 LOCK_WAIT = 2.0
-HIDDEN = secrets.MASK
 
 _counter = itertools.count(1)
 # The pid that imported amldbg: a forked child (a data loader worker) that dumps says whose
 # child it is, so that `amldbg stacks` does not take it for its rank's main process.
 _ORIGIN_PID = os.getpid()
 _write_lock = forksafe.lock()
-# The output folder, made absolute when a diagnostic is armed (see resolve_output_dir).
-_output_dir: str | None = None
+
+
+class _Fixed:
+    """What this process works out once for its dumps and reports."""
+
+    def __init__(self) -> None:
+        # The output folder, made absolute when a diagnostic is armed (resolve_output_dir).
+        self.output_dir: str | None = None
+        # Where the standard library, installed packages and amldbg live (is_library_file).
+        self.library_roots: tuple[str, ...] | None = None
+
+
+_fixed = _Fixed()
 
 
 # -- values -----------------------------------------------------------------------------------
@@ -102,7 +111,7 @@ def frame_locals(frame: FrameType, deadline: float) -> dict[str, str]:
             # A class body's namespace may be a mapping of the script's (a metaclass's
             # __prepare__), whose methods must not run.
             return {}
-    except Exception:
+    except Exception:  # locals that cannot be read: the frame is shown without values
         return {}
     return values.frame_values(iter(items), MAX_LOCALS, lambda: time.monotonic() > deadline)
 
@@ -111,26 +120,22 @@ def frame_locals(frame: FrameType, deadline: float) -> dict[str, str]:
 def _library_roots() -> tuple[str, ...]:
     roots = set()
     for key in ("stdlib", "platstdlib", "purelib", "platlib"):
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # a scheme without this path: the others still count
             roots.add(os.path.normcase(os.path.realpath(sysconfig.get_paths()[key])))
     roots.add(os.path.normcase(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     return tuple(sorted(roots))
 
 
-_LIBRARY_ROOTS: tuple[str, ...] | None = None
-
-
 def is_library_file(filename: str) -> bool:
     """True for the standard library, installed packages and amldbg itself: not user code."""
-    global _LIBRARY_ROOTS
     if filename.startswith("<"):
         return not filename.startswith("<stdin>")
     if "site-packages" in filename or "dist-packages" in filename:
         return True
-    if _LIBRARY_ROOTS is None:
-        _LIBRARY_ROOTS = _library_roots()
+    if _fixed.library_roots is None:
+        _fixed.library_roots = _library_roots()
     path = os.path.normcase(os.path.abspath(filename))
-    return any(path.startswith(root + os.sep) for root in _LIBRARY_ROOTS)
+    return any(path.startswith(root + os.sep) for root in _fixed.library_roots)
 
 
 def _frame_record(
@@ -151,7 +156,7 @@ def _frame_record(
         entry = linecache.cache.get(filename)
         lazy = type(entry) is tuple and len(entry) == 1
         source = "" if lazy else linecache.getline(filename, line).strip()
-    except Exception:
+    except Exception:  # the frame is shown without its source line
         source = ""
     if source:
         # Masked whole, then cut: `connect(api_key="...")` hides its key wherever it is.
@@ -192,7 +197,8 @@ def traceback_frames(tb: TracebackType | None, deadline: float) -> list[dict[str
     return [_frame_record(frame, line, True, deadline) for frame, line in entries]
 
 
-def _topology_fields() -> dict[str, Any]:
+def topology_fields() -> dict[str, Any]:
+    """Who wrote a dump or report: the topology, the pid and the host."""
     topology = environment.topology()
     return {
         "rank": topology.rank,
@@ -205,7 +211,8 @@ def _topology_fields() -> dict[str, Any]:
     }
 
 
-def _now() -> str:
+def timestamp() -> str:
+    """Now, in UTC, to the millisecond (ISO 8601)."""
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
 
 
@@ -234,6 +241,12 @@ def _threads_by_ident() -> dict[int, tuple[str, bool | None]]:
                 daemon if type(daemon) is bool else None,
             )
     return found
+
+
+def thread_name(thread: Any) -> str:
+    """A thread's name from its own fields (a subclass's ``name`` property is not run)."""
+    name = values.instance_dict(thread).get("_name")
+    return name if type(name) is str else "a thread"
 
 
 def capture(
@@ -275,9 +288,9 @@ def capture(
         "amldbg_stacks": DUMP_FORMAT,
         "reason": reason,
         "detail": safetext.safe(detail, 500),
-        "time": _now(),
+        "time": timestamp(),
         "seq": next(_counter),
-        **_topology_fields(),
+        **topology_fields(),
         "threads": threads,
     }
     section = collectives.snapshot()
@@ -295,39 +308,35 @@ def resolve_output_dir() -> str:
     Called when a diagnostic is armed, so that a script that later ``os.chdir``s into its
     data folder still writes its reports where Azure ML uploads them. The first call wins.
     """
-    global _output_dir
-    if _output_dir is None:
-        _output_dir = os.path.abspath(os.environ.get(OUTPUT_DIR_ENV) or OUTPUT_DIR)
-    return _output_dir
+    if _fixed.output_dir is None:
+        _fixed.output_dir = os.path.abspath(settings.env_value(settings.DIAGNOSTICS_DIR) or OUTPUT_DIR)
+    return _fixed.output_dir
 
 
 def output_dir() -> str:
     """Where dumps and crash reports are written: the folder fixed when a diagnostic was
     armed (:func:`resolve_output_dir`), else resolved now."""
-    return _output_dir or resolve_output_dir()
+    return _fixed.output_dir or resolve_output_dir()
 
 
-def forget_output_dir() -> None:
-    """Resolve the output folder again at the next arm (tests change it between cases)."""
-    global _output_dir
-    _output_dir = None
-
-
-def _unknown(value: Any) -> str:
-    # json.dumps' fallback: never str() of an object that is not amldbg's own.
+def json_fallback(value: Any) -> str:
+    """``json.dumps``' ``default``: the type of a value JSON cannot hold, never its ``str()``
+    (an object that is not amldbg's own)."""
     return f"<{values.type_name(type(value))}>"
 
 
-def _write_json(path: str, payload: Mapping[str, Any]) -> str | None:
+def write_json(path: str, payload: Mapping[str, Any]) -> str | None:
+    """Write ``payload`` to ``path`` whole (private to its owner, 0600); its path, or None
+    after one warning line."""
     try:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         temporary = f"{path}.{os.getpid()}.tmp"
-        text = json.dumps(payload, indent=1, default=_unknown) + "\n"
+        text = json.dumps(payload, indent=1, default=json_fallback) + "\n"
         # 0600 from the start: the file holds local values of the script.
         secrets.write_private(temporary, text)
         os.replace(temporary, path)  # a reader never sees half a file
         return path
-    except Exception as error:
+    except Exception as error:  # one warning line (once per folder), never the script's failure
         announce.warn_once(f"stacks-write:{os.path.dirname(path)}", f"could not write {path}: {error}")
         return None
 
@@ -430,7 +439,7 @@ def write_dump(
             dump = capture(reason, detail, skip_threads=skip_threads, skip_code=skip_code)
             directory = directory or output_dir()
             name = f"stacks-rank{dump['rank']}-pid{dump['pid']}-{dump['seq']}.json"
-            path = _write_json(os.path.join(directory, name), dump)
+            path = write_json(os.path.join(directory, name), dump)
             dump_file = path or ""
             if log:
                 main = next((t for t in dump["threads"] if t["main"]), None)
@@ -453,235 +462,3 @@ def write_dump(
     except Exception as error:  # a dump must never stop the script it describes
         announce.warn_once(f"stacks:{type(error).__name__}", f"could not dump the stacks: {error}")
         return None
-
-
-# -- crash reports ----------------------------------------------------------------------------
-def _environment_summary() -> dict[str, Any]:
-    try:
-        from amldbg.diagnostics import envsnap
-
-        snapshot = envsnap.env_snapshot(gpu=False, record_imports=False)
-        return {
-            "summary": envsnap.summary(snapshot),
-            "python": snapshot.get("python"),
-            "platform": snapshot.get("platform"),
-            "azureml": snapshot.get("azureml"),
-            "env": snapshot.get("env"),
-        }
-    except Exception as error:
-        return {"error": safetext.safe(error, 200)}
-
-
-def masked_argv(argv: Sequence[str]) -> list[str]:
-    """``argv`` with the values of secret-looking options hidden (``--api_key X``,
-    ``--token=X``) and credential-like values masked."""
-    shown: list[str] = []
-    hide_next = False
-    for arg in map(str, argv):
-        if hide_next:
-            shown.append(HIDDEN)
-            hide_next = False
-            continue
-        if arg.startswith("-"):
-            name, equals, _ = arg.partition("=")
-            if secrets.is_secret_name(name.lstrip("-")):
-                if equals:
-                    shown.append(name + "=" + HIDDEN)
-                else:
-                    shown.append(arg)
-                    hide_next = True
-                continue
-        shown.append(safetext.safe(arg, 200))
-    return shown
-
-
-def _exception_text(exc: BaseException) -> str:
-    # Never the exception's own __str__: it may raise, block or print a secret.
-    return values.exception_text(exc, 500)
-
-
-def _exception_field(exc: BaseException, name: str) -> Any:
-    """``exc.__cause__`` and friends from BaseException's own C descriptors."""
-    try:
-        return BaseException.__dict__[name].__get__(exc)
-    except Exception:
-        return None
-
-
-def _next_in_chain(exc: BaseException) -> BaseException | None:
-    cause = _exception_field(exc, "__cause__")
-    if cause is None and not _exception_field(exc, "__suppress_context__"):
-        cause = _exception_field(exc, "__context__")
-    return cause if isinstance(cause, BaseException) else None
-
-
-def write_crash_report(
-    exc_type: type[BaseException],
-    exc: BaseException,
-    tb: TracebackType | None,
-    where: str = "the main thread",
-    *,
-    directory: str | None = None,
-    environment_summary: Callable[[], dict[str, Any]] = _environment_summary,
-) -> str | None:
-    """Write ``crash-rank<R>-pid<P>.json`` for an uncaught exception; return its path.
-
-    The report holds the exception (masked, bounded), the traceback outermost first with
-    each frame's local values, the exceptions it was raised from or during, the topology
-    and an environment summary. One ``amldbg crash: {json}`` line in the driver log names
-    the file. Never raises.
-    """
-    try:
-        deadline = time.monotonic() + TIME_BUDGET
-        chain: list[dict[str, Any]] = []
-        seen = {id(exc)}
-        cause = _next_in_chain(exc)
-        while cause is not None and id(cause) not in seen and len(chain) < 5:
-            seen.add(id(cause))
-            chain.append({
-                "exception": _exception_text(cause),
-                "frames": traceback_frames(_exception_field(cause, "__traceback__"), deadline),
-            })
-            cause = _next_in_chain(cause)
-        frames = traceback_frames(tb, deadline)
-        report = {
-            "amldbg_crash": DUMP_FORMAT,
-            "exception": _exception_text(exc),
-            "type": safetext.escape(values.type_name(exc_type)),
-            "where": safetext.safe(where, 200),
-            "time": _now(),
-            **_topology_fields(),
-            "argv": masked_argv(sys.argv[:50]),
-            "cwd": safetext.escape(os.getcwd()),
-            "frames": frames,
-            "chain": chain,
-            "environment": environment_summary(),
-        }
-        section = collectives.snapshot()
-        if section is not None:
-            report["collectives"] = section
-        directory = directory or output_dir()
-        base = f"crash-rank{report['rank']}-pid{report['pid']}"
-        path = os.path.join(directory, base + ".json")
-        count = 1
-        while os.path.exists(path):
-            count += 1
-            path = os.path.join(directory, f"{base}-{count}.json")
-        written = _write_json(path, report)
-        if written is None:
-            return None
-        top = innermost_user_frame(frames)
-        announce.say(CRASH_MARKER + json.dumps({
-            "amldbg_crash": DUMP_FORMAT, "rank": report["rank"], "pid": report["pid"], "host": report["host"],
-            "exception": report["exception"], "frame": frame_label(top) if top else None,
-            "file": written, "time": report["time"], "where": report["where"],
-            **({"collectives": collectives.shortened(report["collectives"], 2)} if "collectives" in report else {}),
-        }, sort_keys=True, default=_unknown))
-        return written
-    except Exception as error:
-        announce.warn(f"could not write the crash report: {error}")
-        return None
-
-
-# Exceptions already handled, by identity: setting a marker attribute on the exception would
-# run its class's __setattr__ (script code). Kept alive (a few, bounded) so that an id is
-# never reused by another exception while it is listed.
-_handled: dict[str, list[BaseException]] = {}
-_HANDLED_KEEP = 64
-
-
-def first_time(exc: BaseException, what: str) -> bool:
-    """True the first time ``exc`` is seen for ``what`` (``"crash report"``, ``"post-mortem"``)."""
-    seen = _handled.setdefault(what, [])
-    if any(known is exc for known in seen):
-        return False
-    seen.append(exc)
-    del seen[:-_HANDLED_KEEP]
-    return True
-
-
-def write_crash_report_once(
-    exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None, where: str
-) -> str | None:
-    """:func:`write_crash_report`, unless this exception already has a report."""
-    if not first_time(exc, "crash report"):
-        return None
-    return write_crash_report(exc_type, exc, tb, where)
-
-
-_hooks_lock = forksafe.lock()
-_crash_hooks: tuple[Any, Any] | None = None
-
-
-def thread_name(thread: Any) -> str:
-    """A thread's name from its own fields (a subclass's ``name`` property is not run)."""
-    name = values.instance_dict(thread).get("_name")
-    return name if type(name) is str else "a thread"
-
-
-def install_crash_hooks() -> None:
-    """Write a crash report for uncaught exceptions of this process (main thread and other
-    threads), then run the hooks that were there before: the printed traceback and the exit
-    code stay as they were. Used on ranks that do not debug; idempotent."""
-    global _crash_hooks
-    with _hooks_lock:
-        if _crash_hooks is not None:
-            return
-        resolve_output_dir()
-        previous_hook = sys.excepthook
-        previous_threading_hook = threading.excepthook
-
-        def excepthook(
-            exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
-        ) -> None:
-            try:
-                if tb is not None and not issubclass(exc_type, (KeyboardInterrupt, SystemExit)):
-                    write_crash_report_once(exc_type, exc, tb, "the main thread")
-            finally:
-                previous_hook(exc_type, exc, tb)
-
-        def threading_excepthook(args: Any) -> None:
-            try:
-                if args.exc_value is not None and args.exc_traceback is not None and not issubclass(
-                    args.exc_type, (KeyboardInterrupt, SystemExit)
-                ):
-                    name = thread_name(args.thread)
-                    write_crash_report_once(
-                        args.exc_type, args.exc_value, args.exc_traceback, f"thread {name!r}"
-                    )
-            finally:
-                previous_threading_hook(args)
-
-        sys.excepthook = excepthook
-        threading.excepthook = threading_excepthook
-        _crash_hooks = (excepthook, threading_excepthook)
-        _watch_child_exit()
-
-
-def _watch_child_exit() -> None:
-    """In a multiprocessing child (``torch.multiprocessing.spawn``'s ranks), also report the
-    exception that ends the process's target: no ``sys.excepthook`` runs for it there."""
-    process = sys.modules.get("multiprocessing.process")
-    parent = getattr(process, "parent_process", None)
-    if parent is None or parent() is None:
-        return  # not a multiprocessing child
-    import multiprocessing.util
-
-    # multiprocessing runs its exit finalizers in the ``finally`` around the target, where
-    # the exception that ends the child is still the current one.
-    multiprocessing.util.Finalize(None, _report_child_exit, exitpriority=100)
-
-
-def _report_child_exit() -> None:
-    try:
-        exc = sys.exc_info()[1]
-        if isinstance(exc, SystemExit) and exc.code not in (None, 0):
-            # torch's spawn wrapper catches fn's exception and calls sys.exit(1) in its
-            # handler: the exception is the SystemExit's context.
-            exc = _exception_field(exc, "__context__")
-        if isinstance(exc, Exception):
-            tb = _exception_field(exc, "__traceback__")
-            if tb is not None:
-                write_crash_report_once(type(exc), exc, tb, "the main thread")
-    except Exception:  # the child is ending: a failure here must not change how it ends
-        pass
