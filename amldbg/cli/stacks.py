@@ -40,9 +40,7 @@ from typing import Any, Collection, Iterable, Mapping, Sequence, TextIO
 from amldbg.cli import collectives
 from amldbg.cli.common import EXIT_NEGATIVE, EXIT_OK, EXIT_USAGE, CliError, Commands, formatter
 from amldbg.core import joblogs, safetext, secrets
-
-STACKS_MARKER = "amldbg stacks: "
-CRASH_MARKER = "amldbg crash: "
+from amldbg.diagnostics.stacks import CRASH_MARKER, STACKS_MARKER
 
 STACKS_EPILOG = """\
 examples:

@@ -286,7 +286,7 @@ class DebugSettings:
         parse_bool,
         False,
         "after the wait times out, keep debugpy tracing every thread (its own behaviour; "
-        "pure-Python code runs 2-3x slower)",
+        "pure-Python code runs 2-4x slower)",
         is_switch=True,
     )
     remote_debug_post_mortem: bool = _flag(
