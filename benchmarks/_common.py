@@ -1,5 +1,9 @@
-"""What every benchmark shares: the environment its children get, the ``--quick`` switch, and
-the one statistic the figures use (interleaved rounds, median of per-round ratios, spread).
+"""What every benchmark shares: the environment its children get, the ``--quick`` switch, the
+one statistic the figures use (interleaved rounds, median of per-round ratios, spread), the
+rows of run_all.py's table, and the fake services (tests/logs/*_server.py run as programs).
+
+A benchmark imports amldbg and this module, never the test suite: ``figures(quick)`` in each
+``bench_*.py`` runs all its measurements, prints them, and returns its rows of the table.
 
 Why not pyperf: every figure here is a *ratio between two configurations measured side by
 side* (never enabled vs timed-out wait, decorated vs plain server, one handler vs another).
@@ -15,20 +19,28 @@ this small helper and no extra dependency.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import socket
 import statistics
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = Path(__file__).resolve().parent
 PY = sys.executable
 
+#: One row of run_all.py's table: (figure, measured, goal, "met" / "NOT met" / "").
+Row = Tuple[str, str, str, str]
 
-def child_env() -> dict[str, str]:
+
+def child_env(*path_first: str | Path, **extra: str) -> dict[str, str]:
     """The environment for benchmark children: no amldbg or Azure ML debug settings leak in,
-    no telemetry about telemetry, imports from cached bytecode as users get them."""
+    no telemetry about telemetry, imports from cached bytecode as users get them, amldbg
+    from this tree (after the folders ``path_first``); ``extra`` variables on top."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -36,10 +48,34 @@ def child_env() -> dict[str, str]:
     }
     env["APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL"] = "true"
     env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p
+        str(p) for p in (*path_first, ROOT, env.get("PYTHONPATH", "")) if p
     )
     env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env.update(extra)
     return env
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def fake_service(name: str, *args: str) -> Iterator[list[str]]:
+    """The fake service ``tests/logs/<name>.py`` (the tests' ingestion or MLflow server) run
+    as a separate process, so that it does not share the measured GIL; yields the words of
+    the line it starts with (``PORT <n> ...``). It is run as a program, never imported."""
+    script = ROOT / "tests" / "logs" / f"{name}.py"
+    proc = subprocess.Popen([PY, str(script), *args], stdout=subprocess.PIPE, text=True,
+                            env=child_env())
+    try:
+        assert proc.stdout is not None
+        yield proc.stdout.readline().split()
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def parse_quick(description: str, argv: Sequence[str] | None = None) -> bool:
@@ -93,3 +129,21 @@ def interleaved(
 def goal_text(met: bool) -> str:
     """``met`` / ``NOT met``."""
     return "met" if met else "NOT met"
+
+
+def row(figure: str, measured: Ratio, goal: str, met: Callable[[float], bool], unit: str = ""
+        ) -> Row:
+    """The table row of a ratio with a goal: ``met`` judges its median."""
+    return (figure, measured.text(unit), goal, goal_text(met(measured.median)))
+
+
+def shown(figure: str, measured: str) -> Row:
+    """The table row of a figure that has no goal."""
+    return (figure, measured, "(shown)", "")
+
+
+def run_alone(figures: Callable[[bool], list[Row]], description: str,
+              argv: Sequence[str] | None = None) -> int:
+    """A benchmark's ``main``: its figures, printed, with ``--quick`` as run_all.py runs them."""
+    figures(parse_quick(description, argv))
+    return 0

@@ -20,12 +20,11 @@ Run: python benchmarks/bench_collectives.py [--quick]   (talks only to 127.0.0.1
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import textwrap
 
-from _common import PY, Ratio, child_env, goal_text, parse_quick, ratio
+from _common import PY, Ratio, Row, child_env, free_port, goal_text, ratio, row, run_alone
 
 LOOP = textwrap.dedent("""
     import json, os, sys, time
@@ -51,16 +50,10 @@ LOOP = textwrap.dedent("""
 """)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _loop_seconds(steps: int, ring: str | None) -> tuple[float, float]:
     """The loop's wall time on rank 0 and the CPU time of both ranks' loops, both ranks
     started with ``TORCH_FR_BUFFER_SIZE=ring``."""
-    port = str(_free_port())
+    port = str(free_port())
     procs = []
     for rank in range(2):
         env = child_env()
@@ -114,11 +107,16 @@ def ring_cost(quick: bool = False) -> Ratio:
     return speed
 
 
-def main(argv: list[str] | None = None) -> None:
+def figures(quick: bool) -> list[Row]:
+    """Print every figure of this benchmark; return its rows of run_all.py's table."""
+    return [row("collective-heavy loop (gloo, 2 ranks) with the Flight Recorder ring on vs off",
+                ring_cost(quick), ">= 0.99", lambda v: v >= 0.99)]
+
+
+def main(argv: list[str] | None = None) -> int:
     """Print every figure of this benchmark."""
-    quick = parse_quick(__doc__ or "", argv)
-    ring_cost(quick)
+    return run_alone(figures, __doc__ or "", argv)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

@@ -16,7 +16,17 @@ import textwrap
 import time
 import timeit
 
-from _common import PY, Ratio, child_env, interleaved, parse_quick, ratio
+from _common import (
+    PY,
+    Ratio,
+    Row,
+    child_env,
+    goal_text,
+    interleaved,
+    ratio,
+    row,
+    run_alone,
+)
 
 ENV = child_env()
 
@@ -148,13 +158,27 @@ def speed_after_wait(quick: bool = False, modes: tuple[str, ...] = ("timed-out",
     return figures
 
 
-def main(argv: list[str] | None = None) -> None:
+def figures(quick: bool) -> list[Row]:
+    """Print every figure of this benchmark; return its rows of run_all.py's table."""
+    imported = import_cost(quick)
+    disabled = disabled_call_cost(quick)
+    speed = speed_after_wait(quick, modes=("timed-out", "keep-tracing"))
+    return [
+        ("import amldbg, over a bare interpreter (CPU time)", f"{imported:.1f} ms", "<= 10 ms",
+         goal_text(imported <= 10)),
+        ("enable_remote_debug(args) with the flag off, per call", f"{disabled:.3f} us",
+         "<= 20 us", goal_text(disabled <= 20)),
+        row("pure-Python speed, main thread, after a wait that timed out, vs never enabled",
+            speed["timed-out main"], ">= 0.95", lambda v: v >= 0.95),
+        row("the same on a thread started after that wait", speed["timed-out thread"],
+            ">= 0.95", lambda v: v >= 0.95),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
     """Print every figure of this benchmark."""
-    quick = parse_quick(__doc__ or "", argv)
-    import_cost(quick)
-    disabled_call_cost(quick)
-    speed_after_wait(quick, modes=("timed-out", "keep-tracing"))
+    return run_alone(figures, __doc__ or "", argv)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

@@ -31,10 +31,11 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from _common import PY, ROOT, child_env, interleaved, ratio
+from _common import PY, Row, child_env, fake_service, interleaved, ratio, shown
 
-SERVER = ROOT / "tests" / "logs" / "mlflow_server.py"
 METRICS_PER_STEP = 3
+#: Seconds the tracking server takes per request: about what Azure ML's takes.
+DELAY = 0.7
 
 
 @dataclass(frozen=True)
@@ -89,16 +90,9 @@ print(json.dumps({"steps": step_times, "last_metric": last_metric}), flush=True)
 
 @contextlib.contextmanager
 def tracking_server(*args: str) -> Iterator[str]:
-    """A separate tracking-server process (so it does not share the measured GIL)."""
-    proc = subprocess.Popen([PY, str(SERVER), *args], stdout=subprocess.PIPE, text=True,
-                            env=child_env())
-    try:
-        assert proc.stdout is not None
-        port = int(proc.stdout.readline().split()[1])
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    """The tracking server in a process of its own: its tracking URI."""
+    with fake_service("mlflow_server", *args) as banner:  # PORT <n>
+        yield f"http://127.0.0.1:{int(banner[1])}"
 
 
 def call(uri: str, endpoint: str, body: dict[str, Any] | None = None) -> Any:
@@ -148,21 +142,16 @@ def median_ms(values: list[float]) -> str:
     return f"{statistics.median(values) * 1000:8.1f} ms"
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="run fast (figures are printed, not trustworthy)")
-    parser.add_argument("--delay", type=float, default=0.7,
-                        help="seconds the tracking server takes per request (default 0.7)")
-    args = parser.parse_args(argv)
-    sizes = QUICK if args.quick else FULL
+def figures(quick: bool, delay: float = DELAY) -> list[Row]:
+    """Print every figure of this benchmark; return its rows of run_all.py's table."""
+    sizes = QUICK if quick else FULL
     steps_of = {"none": sizes.steps, "mlflow": sizes.mlflow_steps, "amldbg": sizes.steps}
-    print(f"MLflow metrics, tracking server on 127.0.0.1 answering after {args.delay:g} s; "
+    print(f"MLflow metrics, tracking server on 127.0.0.1 answering after {delay:g} s; "
           f"{METRICS_PER_STEP} metrics a step; {sizes.steps} steps ({sizes.mlflow_steps} with "
           f"mlflow.log_metric), {sizes.rounds} round(s)")
 
     outcomes: dict[str, list[Outcome]] = {"none": [], "mlflow": [], "amldbg": []}
-    with tracking_server("--delay", str(args.delay)) as uri:
+    with tracking_server("--delay", str(delay)) as uri:
         def measure(kind: str) -> Any:
             def once() -> float:
                 outcome = run_loop(kind, uri, steps_of[kind])
@@ -203,7 +192,24 @@ def main(argv: list[str] | None = None) -> None:
           f"exit after last metric {outcome.exit_after_last:5.2f} s, delivered "
           f"{outcome.delivered}/{sizes.hang_steps * METRICS_PER_STEP}, loss reported: {warned}")
     sys.stdout.flush()
+    return [
+        shown(f"a training step against a tracking server answering after {delay:g} s, "
+              "mlflow.log_metric vs amldbg.log_metric", slowdown.text("x")),
+        shown("the same, amldbg.log_metric vs no metrics", overhead.text("x")),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print every figure of this benchmark."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="run fast (figures are printed, not trustworthy)")
+    parser.add_argument("--delay", type=float, default=DELAY,
+                        help=f"seconds the tracking server takes per request (default {DELAY})")
+    args = parser.parse_args(argv)
+    figures(args.quick, args.delay)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(sys.argv[1:]))

@@ -24,7 +24,6 @@ import json
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,7 +33,7 @@ import timeit
 import urllib.request
 from pathlib import Path
 
-from _common import ROOT, Ratio, child_env, parse_quick, ratio
+from _common import ROOT, Ratio, Row, child_env, free_port, goal_text, ratio, row, run_alone
 
 SCORE = ROOT / "samples" / "score.py"
 # One hash seed for both servers, so that the two processes differ only by the decorators
@@ -91,13 +90,6 @@ def per_call_cost(quick: bool = False) -> float:
           f"(an empty call: {empty * 1e9:.0f} ns); debugpy imported: "
           f"{'debugpy' in sys.modules}")
     return (hooked - base) * 1e6
-
-
-def free_port() -> int:
-    """A port free on 127.0.0.1 now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start(entry: Path, workdir: str) -> tuple[subprocess.Popen[bytes], int, Path]:
@@ -242,11 +234,22 @@ def server_throughput(quick: bool = False, extra_per_call_us: float | None = Non
     return served
 
 
-def main(argv: list[str] | None = None) -> None:
+def figures(quick: bool) -> list[Row]:
+    """Print every figure of this benchmark; return its rows of run_all.py's table."""
+    extra_us = per_call_cost(quick)
+    served = server_throughput(quick, extra_us)
+    return [
+        ("@debug_run per call, debugging off (extra over an undecorated call)",
+         f"{extra_us:+.2f} us", "<= 1 us", goal_text(extra_us <= 1.0)),
+        row("inference server requests/s with the decorators vs without", served, ">= 0.98",
+            lambda v: v >= 0.98),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
     """Print every figure of this benchmark."""
-    quick = parse_quick(__doc__ or "", argv)
-    server_throughput(quick, per_call_cost(quick))
+    return run_alone(figures, __doc__ or "", argv)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

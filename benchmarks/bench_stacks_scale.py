@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import PY, ROOT, child_env, goal_text, parse_quick
+from _common import PY, ROOT, Row, child_env, goal_text, run_alone
 
 FULL_RANKS = 4096
 QUICK_RANKS = 256
@@ -275,11 +275,15 @@ def rows(figures: dict[str, tuple[float, float, int] | None], quick: bool = Fals
     return found
 
 
-def main(argv: list[str] | None = None) -> None:
+def figures(quick: bool) -> list[Row]:
+    """Print every figure of this benchmark; return its rows of run_all.py's table."""
+    return rows(scale(quick), quick)
+
+
+def main(argv: list[str] | None = None) -> int:
     """Print every figure of this benchmark."""
-    quick = parse_quick(__doc__ or "", argv)
-    scale(quick)
+    return run_alone(figures, __doc__ or "", argv)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

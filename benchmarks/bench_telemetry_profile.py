@@ -26,8 +26,9 @@ import pstats
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
-from _common import ROOT
+from _common import Row, shown
 from bench_logs import ingestion_server
 
 os.environ["APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL"] = "true"
@@ -105,37 +106,52 @@ def export_side(backend: str, connection: str, batches: int, limit: int) -> tupl
     return plain, _top(profile, limit)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes: checks that it runs")
-    parser.add_argument("--out", help="also write the report to this file")
-    parser.add_argument("--backend", action="append", choices=["opencensus", "otel"])
-    parser.add_argument("--top", type=int, default=18, help="functions shown per profile")
-    args = parser.parse_args()
-    calls, batches = (500, 2) if args.quick else (20_000, 20)
-    backends = args.backend or ["opencensus", "otel"]
-    out = io.StringIO()
+BACKENDS = ("opencensus", "otel")
+
+
+def figures(quick: bool, backends: Sequence[str] = BACKENDS, top: int = 18,
+            out: str | None = None) -> list[Row]:
+    """Print every profile of this benchmark (and write them to ``out``); return its rows of
+    run_all.py's table: the time per record on each side, per backend."""
+    calls, batches = (500, 2) if quick else (20_000, 20)
+    report = io.StringIO()
+    found: list[Row] = []
 
     def say(text: str = "") -> None:
         print(text, flush=True)
-        out.write(text + "\n")
+        report.write(text + "\n")
 
     say(f"Telemetry profile: {calls} caller calls, {batches} x {BATCH} exported records per backend "
         f"(python {sys.version.split()[0]}, {os.cpu_count()} cores)")
     with ingestion_server() as (connection, _port):
         for backend in backends:
-            caller_us, caller_profile = caller_side(backend, connection, calls, args.top)
-            export_us, export_profile = export_side(backend, connection, batches, args.top)
+            caller_us, caller_profile = caller_side(backend, connection, calls, top)
+            export_us, export_profile = export_side(backend, connection, batches, top)
             say(f"\n== {backend}: caller {caller_us:.2f} us/call (driver log + queue), "
                 f"export thread {export_us:.2f} us/record")
-            say(f"-- caller thread, top {args.top} by own time (cProfile)")
+            say(f"-- caller thread, top {top} by own time (cProfile)")
             say(caller_profile)
-            say(f"-- export thread (sink.send of {BATCH}-record batches), top {args.top} by own time")
+            say(f"-- export thread (sink.send of {BATCH}-record batches), top {top} by own time")
             say(export_profile)
-    if args.out:
-        Path(args.out).write_text(out.getvalue())
+            found.append(shown(f"one App Insights record ({backend}): the caller's logging "
+                               "call, the export thread's work",
+                               f"{caller_us:.2f} us, {export_us:.2f} us"))
+    if out:
+        Path(out).write_text(report.getvalue())
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print (and with ``--out``, write) every profile of this benchmark."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: checks that it runs")
+    parser.add_argument("--out", help="also write the report to this file")
+    parser.add_argument("--backend", action="append", choices=list(BACKENDS))
+    parser.add_argument("--top", type=int, default=18, help="functions shown per profile")
+    args = parser.parse_args(argv)
+    figures(args.quick, args.backend or BACKENDS, args.top, args.out)
+    return 0
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT))
-    main()
+    sys.exit(main(sys.argv[1:]))

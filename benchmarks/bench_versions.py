@@ -24,16 +24,15 @@ Run: python benchmarks/bench_versions.py [--quick]   (talks only to 127.0.0.1)
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
 import threading
 import time
 from pathlib import Path
-from typing import Any, Tuple
+from typing import Any
 
-from _common import ROOT, Ratio, child_env, goal_text, interleaved, parse_quick, ratio
+from _common import ROOT, Ratio, Row, child_env, goal_text, interleaved, ratio, run_alone
 
 HERE = Path(__file__).resolve().parent
 VERSIONS = ("3.11", "3.12", "3.13")
@@ -52,10 +51,8 @@ def python_for(version: str) -> str:
 
 
 def _env() -> dict[str, str]:
-    env = child_env()
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE), env["PYTHONPATH"]])
-    env["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"
-    return env
+    # The children import bench_debug (from here) and run pydevd.
+    return child_env(HERE, PYDEVD_DISABLE_FILE_VALIDATION="1")
 
 
 # -- bench_debug's figures, under another interpreter -----------------------------------------
@@ -316,10 +313,7 @@ def _version_of(python: str) -> str:
                           capture_output=True, text=True, check=True, timeout=60).stdout.strip()
 
 
-Row = Tuple[str, str, str, str]
-
-
-def figures(version: str, quick: bool, script_dir: Path) -> list[Row]:
+def version_figures(version: str, quick: bool, script_dir: Path) -> list[Row]:
     """``version``'s figures as (figure, measured, goal, met), the figure named with the exact
     version that ran (``Python 3.12.1: ...``)."""
     python = python_for(version)
@@ -353,31 +347,27 @@ def figures(version: str, quick: bool, script_dir: Path) -> list[Row]:
     return found
 
 
-def rows(quick: bool = False) -> list[Row]:
-    """Every version's figures, for benchmarks/run_all.py's table."""
+def figures(quick: bool) -> list[Row]:
+    """Print every version's figures, one line each; return them as rows of run_all.py's
+    table."""
     import tempfile
 
+    started = time.monotonic()
     found: list[Row] = []
     with tempfile.TemporaryDirectory() as scratch:
         for version in VERSIONS:
-            found.extend(figures(version, quick, Path(scratch)))
+            print(f"== Python {version} ==", flush=True)
+            for figure, measured, goal, met in version_figures(version, quick, Path(scratch)):
+                print(f"{figure}: {measured}" + (f" (goal {goal})" if goal != "(shown)" else ""),
+                      flush=True)
+                found.append((figure, measured, goal, met))
+    print(f"({'--quick: NOT trustworthy, ' if quick else ''}{time.monotonic() - started:.0f} s)")
     return found
 
 
 def main(argv: list[str] | None = None) -> int:
     """Print every version's figures, one line each."""
-    import tempfile
-
-    quick = parse_quick(__doc__ or "", argv)
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory() as scratch:
-        for version in VERSIONS:
-            print(f"== Python {version} ==", flush=True)
-            for figure, measured, goal, _ in figures(version, quick, Path(scratch)):
-                print(f"{figure}: {measured}" + (f" (goal {goal})" if goal != "(shown)" else ""),
-                      flush=True)
-    print(f"({'--quick: NOT trustworthy, ' if quick else ''}{time.monotonic() - started:.0f} s)")
-    return 0
+    return run_alone(figures, __doc__ or "", argv)
 
 
 if __name__ == "__main__":

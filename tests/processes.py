@@ -4,6 +4,7 @@ always reaping them."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import re
@@ -39,6 +40,49 @@ def child_env(**extra: str) -> dict[str, str]:
     env["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"
     env.update(extra)
     return env
+
+
+def run_amldbg(
+    *args: str,
+    input: str | bytes | None = None,
+    cwd: str | Path | None = None,
+    env: dict[str, str] | None = None,
+    python: str = sys.executable,
+    text: bool = True,
+    timeout: float = 120.0,
+) -> subprocess.CompletedProcess[Any]:
+    """Run the real command, ``python -m amldbg ARGS``, to its end and capture what it printed.
+
+    ``input`` is its standard input (none: /dev/null, as under a job); ``text=False`` gives and
+    takes bytes, as a terminal would; ``env`` defaults to :func:`child_env`.
+    """
+    return subprocess.run(
+        [python, "-m", "amldbg", *args],
+        input=input,
+        stdin=subprocess.DEVNULL if input is None else None,
+        capture_output=True,
+        text=text,
+        cwd=str(cwd) if cwd is not None else None,
+        env=env if env is not None else child_env(),
+        timeout=timeout,
+    )
+
+
+def dumps(output: str) -> list[dict[str, Any]]:
+    """The stack dumps a process printed (its ``amldbg stacks: {...}`` lines), parsed."""
+    return [json.loads(found) for found in re.findall(r"^amldbg stacks: (\{.*\})$", output, re.M)]
+
+
+def dumps_after_any_prefix(output: str) -> list[dict[str, Any]]:
+    """As :func:`dumps`, for output several processes share (a launcher's ranks): a dump
+    line may follow a launcher's prefix or another process's unfinished line."""
+    return [json.loads(found) for found in re.findall(r"amldbg stacks: (\{.*\})$", output, re.M)]
+
+
+def line_of(path: str | Path, marker: str) -> int:
+    """The number (from 1) of the first line of the file ``path`` that contains ``marker``."""
+    lines = Path(path).read_text().splitlines()
+    return next(number for number, text in enumerate(lines, 1) if marker in text)
 
 
 class Running:
@@ -121,6 +165,11 @@ class Running:
         self._reader.join(10)
 
 
+def announced_port(run: Running, timeout: float = 30.0) -> int:
+    """The debug port amldbg announced (its ``port: N`` line), once ``run`` printed it."""
+    return int(run.wait_for_line(r"^port: (\d+)$", timeout).group(1))
+
+
 class RunningGroup(Running):
     """Like :class:`Running`, for a launcher (torchrun) whose workers must be reaped too.
 
@@ -159,9 +208,6 @@ class RunningGroup(Running):
         return pids
 
     def __exit__(self, *exc: Any) -> None:
-        import contextlib
-        import signal
-
         for pid in self._token_pids():
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)

@@ -14,7 +14,7 @@ from amldbg.cli import doctor as doctor_module
 from amldbg.core import settings as core_settings
 from amldbg.debugger.start import PORT_ATTEMPTS
 from conftest import free_port
-from processes import ROOT, child_env
+from processes import ROOT, child_env, run_amldbg
 
 SECRET_KEY = "3f2a9c1e-7b4d-4e8a-9c0f-5d6e7f8a9b0c"
 
@@ -25,10 +25,7 @@ def doctor(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     for name in ("APPLICATIONINSIGHTS_CONNECTION_STRING", "AZUREML_RUN_ID", "RANK", "LOCAL_RANK"):
         if name not in env:
             base.pop(name, None)
-    return subprocess.run(
-        [sys.executable, "-m", "amldbg", "doctor", *args],
-        capture_output=True, text=True, env=base, timeout=60, stdin=subprocess.DEVNULL,
-    )
+    return run_amldbg("doctor", *args, env=base)
 
 
 def check_lines(stdout: str) -> dict[str, str]:

@@ -11,22 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from processes import ROOT, child_env
+from processes import ROOT, child_env, run_amldbg
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def amldbg(*args: str, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the real `python -m amldbg` command."""
-    return subprocess.run(
-        [sys.executable, "-m", "amldbg", *args],
-        input=stdin if stdin is not None else "",
-        capture_output=True,
-        text=True,
-        cwd=str(cwd or FIXTURES),
-        env=child_env(),
-        timeout=60,
-    )
+    """Run the real `python -m amldbg` command in the fixtures' folder."""
+    return run_amldbg(*args, input=stdin if stdin is not None else "", cwd=cwd or FIXTURES)
 
 
 def find_json(*args: str, stdin: str | None = None, cwd: Path | None = None) -> list[dict]:

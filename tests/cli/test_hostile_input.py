@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from processes import child_env
+from processes import child_env, run_amldbg
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 GOOD = (
@@ -33,10 +33,8 @@ def run(*args: str, stdin: bytes = b"", cwd: Path | None = None) -> subprocess.C
     Standard streams are strict UTF-8, as on a developer's machine with a UTF-8 locale
     (under the C locale Python would quietly use surrogateescape instead).
     """
-    return subprocess.run(
-        [sys.executable, "-m", "amldbg", *args], input=stdin, capture_output=True,
-        cwd=str(cwd or FIXTURES), env=child_env(PYTHONIOENCODING="utf-8:strict"), timeout=120,
-    )
+    return run_amldbg(*args, input=stdin, text=False, cwd=cwd or FIXTURES,
+                      env=child_env(PYTHONIOENCODING="utf-8:strict"))
 
 
 def text(data: bytes) -> str:

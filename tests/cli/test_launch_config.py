@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import json5
 
-from processes import child_env
+from processes import run_amldbg
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -46,12 +45,8 @@ TAIL = """,
 
 
 def amldbg(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """Run the real `python -m amldbg` command."""
-    return subprocess.run(
-        [sys.executable, "-m", "amldbg", *args],
-        capture_output=True, text=True, cwd=str(cwd), env=child_env(), timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
+    """Run the real `python -m amldbg` command in ``cwd``."""
+    return run_amldbg(*args, cwd=cwd)
 
 
 def names(text: str) -> list[str]:

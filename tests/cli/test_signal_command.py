@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import textwrap
@@ -20,16 +19,14 @@ import torch.distributed  # noqa: F401
 
 from amldbg.diagnostics import registry
 from conftest import free_port
-from processes import ROOT, Running, RunningGroup, child_env
+from processes import ROOT, Running, RunningGroup, child_env, run_amldbg
+from processes import dumps_after_any_prefix as dumps  # the ranks share torchrun's stdout
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="amldbg signal is Linux only")
 
 
 def amldbg_signal(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "amldbg", "signal", *args], capture_output=True, text=True,
-        timeout=60, cwd=str(ROOT), env=child_env(AMLDBG_REGISTRY_DIR=str(folder)),
-    )
+    return run_amldbg("signal", *args, cwd=ROOT, env=child_env(AMLDBG_REGISTRY_DIR=str(folder)))
 
 
 def listed(folder: Path) -> list[dict[str, Any]]:
@@ -58,10 +55,6 @@ RANKS = """
         time.sleep(0.05)
     os.write(1, f"rank {rank} finished\\n".encode())
 """
-
-
-def dumps(output: str) -> list[dict[str, Any]]:
-    return [json.loads(m) for m in re.findall(r"amldbg stacks: (\{.*\})$", output, re.M)]
 
 
 def test_every_armed_rank_of_a_torchrun_job_is_signalled_and_the_agent_is_not(tmp_path: Path) -> None:

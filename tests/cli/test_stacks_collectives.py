@@ -21,7 +21,7 @@ import pytest
 
 from amldbg.cli import collectives, stacks
 from amldbg.diagnostics.stacks import summary_line
-from processes import ROOT, child_env
+from processes import ROOT, child_env, run_amldbg
 
 LIB = "/usr/lib/python3.11/site-packages/torch/distributed/distributed_c10d.py"
 CODE = "/mnt/code/train.py"
@@ -32,10 +32,8 @@ UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\u
 
 
 def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "amldbg", "stacks", *args], input=stdin, capture_output=True,
-        text=True, cwd=str(ROOT), env=child_env(PYTHONIOENCODING="utf-8:strict"), timeout=120,
-    )
+    return run_amldbg("stacks", *args, input=stdin, cwd=ROOT,
+                      env=child_env(PYTHONIOENCODING="utf-8:strict"))
 
 
 def entry(seq: int, op: str = "all_reduce", sizes: Any = None, state: str = "completed",
@@ -468,10 +466,8 @@ def test_hostile_texts_and_bounds_never_reach_the_terminal_raw(tmp_path: Path) -
     many["groups"] += [group([entry(1)], pg=str(1001 + i), name=f"pg\x1b{i}") for i in range(200)]
     dumps[0] = dump(0, many)
     write(tmp_path, dumps)
-    done = subprocess.run(
-        [sys.executable, "-m", "amldbg", "stacks", str(tmp_path)], capture_output=True,
-        cwd=str(ROOT), env=child_env(PYTHONIOENCODING="utf-8:strict"), timeout=120,
-    )
+    done = run_amldbg("stacks", str(tmp_path), text=False, cwd=ROOT,
+                      env=child_env(PYTHONIOENCODING="utf-8:strict"))
     assert done.returncode == 0, done.stderr
     out, err = done.stdout.decode(), done.stderr.decode()
     assert "Traceback" not in err
@@ -479,10 +475,7 @@ def test_hostile_texts_and_bounds_never_reach_the_terminal_raw(tmp_path: Path) -
         assert not UNSAFE.search(line), repr(line)
     assert ("collective #4 all_reduce [[4]] float in default_pg: ranks 2-3 entered "
             "all_reduce\\x1b[2J\\u202egnp.\\u2028forged\\x0d\\x0a [[4]] fl\\x07oat instead") in out.splitlines()
-    as_json = subprocess.run(
-        [sys.executable, "-m", "amldbg", "stacks", str(tmp_path), "--json"], capture_output=True,
-        cwd=str(ROOT), env=child_env(), timeout=120,
-    )
+    as_json = run_amldbg("stacks", str(tmp_path), "--json", text=False, cwd=ROOT)
     assert as_json.stdout.isascii()
     result = json.loads(as_json.stdout)
     assert result["collectives"][0]["mismatch"][0]["op"] == "all_reduce\\x1b[2J\\u202egnp.\\u2028forged\\x0d\\x0a"

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from dap_client import DAPClient, DAPError
-from processes import Running, child_env, reap_debug_adapters
+from processes import Running, announced_port, child_env, line_of, reap_debug_adapters
 
 MONITORING = sys.version_info >= (3, 12)
 #: For the tests of what pydevd's trace functions do (Python <= 3.11).
@@ -113,10 +113,6 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def line_of(script: Path, marker: str) -> int:
-    return next(n for n, text in enumerate(script.read_text().splitlines(), 1) if marker in text)
-
-
 def start(tmp_path: Path, *extra: str) -> tuple[Path, Running]:
     script = tmp_path / "idle.py"
     script.write_text(SCRIPT)
@@ -132,7 +128,7 @@ def start(tmp_path: Path, *extra: str) -> tuple[Path, Running]:
 def test_every_thread_runs_untraced_after_an_unanswered_wait(tmp_path: Path) -> None:
     script, running = start(tmp_path)
     with running as run:
-        port = int(run.wait_for_line(r"^port: (\d+)$").group(1))
+        port = announced_port(run)
         try:
             run.wait_for_line(r"^Debugger attached = False$")
             assert run.wait_for_line(r"^early thread traced after the wait: (\w+)$").group(1) == "False"
@@ -154,7 +150,7 @@ def test_no_monitoring_events_in_any_thread_after_an_unanswered_wait(tmp_path: P
     script, running = start(tmp_path)
     kinds = ("early", "main", "threading", "_thread", "C")
     with running as run:
-        port = int(run.wait_for_line(r"^port: (\d+)$").group(1))
+        port = announced_port(run)
         try:
             run.wait_for_line(r"^Debugger attached = False$")
             for kind in kinds:
@@ -175,7 +171,7 @@ def late_attach(tmp_path: Path, kinds: tuple[str, ...], timeout: float = 30) -> 
     script, running = start(tmp_path)
     lines = {line_of(script, f"# breakpoint: {kind}"): kind for kind in kinds}
     with running as run:
-        port = int(run.wait_for_line(r"^port: (\d+)$").group(1))
+        port = announced_port(run)
         try:
             run.wait_for_line(r"^threads started$")
             assert run.wait_for_line(r"^threading thread traced: (\w+)$").group(1) == "False"
@@ -236,7 +232,7 @@ def test_a_late_client_stops_in_a_thread_started_from_c(tmp_path: Path) -> None:
 def test_keep_tracing_leaves_new_threads_traced(tmp_path: Path) -> None:
     _, running = start(tmp_path, "AMLDBG_REMOTE_DEBUG_KEEP_TRACING=1")
     with running as run:
-        port = int(run.wait_for_line(r"^port: (\d+)$").group(1))
+        port = announced_port(run)
         try:
             assert run.wait_for_line(r"^threading thread traced: (\w+)$").group(1) == "True"
             assert run.wait_for_line(r"^_thread thread traced: (\w+)$").group(1) == "True"
@@ -271,7 +267,7 @@ def test_a_failure_falls_back_to_the_waiting_thread_alone_with_one_warning(
     env = child_env(AMLDBG_REMOTE_DEBUG="1", AMLDBG_REMOTE_DEBUG_PORT="0",
                     AMLDBG_REMOTE_DEBUG_LISTEN_HOST="127.0.0.1")
     with Running([str(script)], env=env) as run:
-        port = int(run.wait_for_line(r"^port: (\d+)$").group(1))
+        port = announced_port(run)
         try:
             assert run.wait(60) == 0
         finally:

@@ -12,17 +12,13 @@ import textwrap
 from pathlib import Path
 
 from dap_client import DAPClient
-from processes import Running, reap_debug_adapters
+from processes import Running, announced_port, line_of, reap_debug_adapters
 
 
 def write(tmp_path: Path, body: str) -> str:
     path = tmp_path / "job.py"
     path.write_text(textwrap.dedent(body).lstrip())
     return str(path)
-
-
-def line_of(path: str, marker: str) -> int:
-    return next(n for n, line in enumerate(Path(path).read_text().splitlines(), 1) if marker in line)
 
 
 def test_sigusr1_dumps_stacks_while_main_thread_is_blocked_in_c(tmp_path: Path) -> None:
@@ -123,7 +119,7 @@ def test_sigusr2_starts_the_debugger_and_a_client_stops_in_the_running_loop(tmp_
             os.kill(pid, signal.SIGUSR2)
             run.wait_for_line(rf"^amldbg: SIGUSR2: starting the debugger on rank 0 \(pid {pid}\)$")
             assert run.wait_for_line(r"^ip_address: (.+)$").group(1) == "127.0.0.1"
-            port = int(run.wait_for_line(r"^port: (\d+)$").group(1))
+            port = announced_port(run)
             endpoint = json.loads(run.wait_for_line(r"^amldbg endpoint: (\{.*\})$").group(1))
             assert (endpoint["state"], endpoint["port"], endpoint["pid"]) == ("listening", port, pid)
             run.wait_for_line(r'"request": "attach"')  # the launch.json entry

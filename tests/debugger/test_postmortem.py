@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from dap_client import DAPClient
-from processes import Running, child_env
+from processes import Running, announced_port, child_env, line_of
 
 LOOPBACK = {"AMLDBG_REMOTE_DEBUG_LISTEN_HOST": "127.0.0.1", "AMLDBG_REMOTE_DEBUG_PORT": "0"}
 
@@ -57,10 +57,6 @@ def baseline(script: Path, tmp_path: Path) -> tuple[int, list[str]]:
     with Running([str(script)], cwd=tmp_path) as run:
         code = run.wait(60)
     return code, traceback_of(run.output)
-
-
-def announced_port(run: Running, timeout: float = 30) -> int:
-    return int(run.wait_for_line(r"^port: (\d+)$", timeout).group(1))
 
 
 def stops(client: DAPClient) -> list[dict[str, object]]:
@@ -157,7 +153,7 @@ def test_an_exception_in_a_thread_stops_in_that_thread(tmp_path: Path) -> None:
         thread.join()
         print("main finished", flush=True)
     """))
-    raise_line = next(n for n, t in enumerate(script.read_text().splitlines(), 1) if "raise" in t)
+    raise_line = line_of(script, "raise")
     env = child_env(**LOOPBACK, AMLDBG_REMOTE_DEBUG_POST_MORTEM="1",
                     AMLDBG_REMOTE_DEBUG_CONNECTION_TIMEOUT="60")
     with Running([str(script)], env=env, cwd=tmp_path) as run:
@@ -194,7 +190,7 @@ def test_explicit_post_mortem_then_reraise_shows_the_exception_once(tmp_path: Pa
             print("shown:", amldbg.post_mortem(error), flush=True)
             raise
     """))
-    raise_line = next(n for n, t in enumerate(script.read_text().splitlines(), 1) if "10 /" in t)
+    raise_line = line_of(script, "10 /")
     env = child_env(**LOOPBACK, AMLDBG_REMOTE_DEBUG_POST_MORTEM="1",
                     AMLDBG_REMOTE_DEBUG_CONNECTION_TIMEOUT="60")
     with Running([str(script)], env=env, cwd=tmp_path) as run:

@@ -14,17 +14,11 @@ import pytest
 
 from conftest import free_port
 from dap_client import DAPClient, listening_adapter
-from processes import SAMPLES, Running, child_env
+from processes import SAMPLES, Running, announced_port, child_env, line_of
 
 TRAIN = str(SAMPLES / "train.py")
-LOOP_LINE = next(
-    n for n, line in enumerate(Path(TRAIN).read_text().splitlines(), 1) if "error = weight" in line
-)
+LOOP_LINE = line_of(TRAIN, "error = weight")
 LOOPBACK = ["--remote_debug_listen_host", "127.0.0.1"]
-
-
-def announced_port(run: Running) -> int:
-    return int(run.wait_for_line(r"^port: (\d+)$").group(1))
 
 
 def endpoint_lines(output: str) -> list[dict[str, object]]:
@@ -129,7 +123,7 @@ def test_timeout_zero_listens_without_waiting_and_a_client_attaches_later(tmp_pa
         work()
         print("finished", flush=True)
     """))
-    line = next(n for n, text in enumerate(script.read_text().splitlines(), 1) if "return answer" in text)
+    line = line_of(script, "return answer")
     env = child_env(AMLDBG_REMOTE_DEBUG="1", AMLDBG_REMOTE_DEBUG_PORT="0",
                     AMLDBG_REMOTE_DEBUG_LISTEN_HOST="127.0.0.1")
     with Running([str(script)], env=env) as run:
@@ -165,7 +159,7 @@ def test_late_attach_after_timeout_stops_in_a_running_loop(tmp_path: Path) -> No
             time.sleep(0.01)
         print("finished", step, flush=True)
     """))
-    line = next(n for n, text in enumerate(script.read_text().splitlines(), 1) if "doubled =" in text)
+    line = line_of(script, "doubled =")
     env = child_env(AMLDBG_REMOTE_DEBUG="1", AMLDBG_REMOTE_DEBUG_PORT="0",
                     AMLDBG_REMOTE_DEBUG_LISTEN_HOST="127.0.0.1")
     with Running([str(script)], env=env) as run:

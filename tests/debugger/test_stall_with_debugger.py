@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 
 from conftest import free_port
 from dap_client import DAPClient
-from processes import Running, child_env, reap_debug_adapters
+from processes import Running, child_env, dumps, line_of, reap_debug_adapters
 
 STALL_TIMEOUT = 1
 #: Seconds after the script blocks by which its stall report must have come.
@@ -45,14 +45,10 @@ JOB = """
 """
 
 
-def dumps(output: str) -> list[dict[str, Any]]:
-    return [json.loads(m) for m in re.findall(r"^amldbg stacks: (\{.*\})$", output, re.M)]
-
-
 def write_job(tmp_path: Path) -> tuple[str, int]:
     path = tmp_path / "job.py"
     path.write_text(textwrap.dedent(JOB).lstrip())
-    line = next(n for n, text in enumerate(path.read_text().splitlines(), 1) if "# BREAK" in text)
+    line = line_of(path, "# BREAK")
     return str(path), line
 
 

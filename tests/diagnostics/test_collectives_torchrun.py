@@ -7,12 +7,9 @@ sizes; each gives the right verdict in ``amldbg stacks``' text, its JSON and its
 from __future__ import annotations
 
 import json
-import re
 import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -21,7 +18,8 @@ import torch.distributed  # noqa: F401
 
 from browser import open_page
 from conftest import free_port
-from processes import ROOT, RunningGroup, child_env
+from processes import ROOT, RunningGroup, child_env, run_amldbg
+from processes import dumps_after_any_prefix as dumps  # the ranks share torchrun's stdout
 
 pytestmark = pytest.mark.slow
 
@@ -54,15 +52,8 @@ for _mode in ("subgroups", "p2p", "reinit"):
     EXPECTED[_mode] = EXPECTED["stuck"]
 
 
-def dumps(output: str) -> list[dict[str, Any]]:
-    return [json.loads(m) for m in re.findall(r"amldbg stacks: (\{.*\})$", output, re.M)]
-
-
 def stacks(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "amldbg", "stacks", *args], capture_output=True, text=True,
-        cwd=str(ROOT), env=child_env(), timeout=120,
-    )
+    return run_amldbg("stacks", *args, cwd=ROOT)
 
 
 def run_job(tmp_path: Path, mode: str) -> tuple[Path, Path]:

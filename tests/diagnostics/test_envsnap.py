@@ -15,7 +15,7 @@ from typing import Iterator
 
 import pytest
 
-from processes import ROOT, child_env
+from processes import ROOT, child_env, run_amldbg
 
 
 def build_wheel(directory: Path, name: str, version: str) -> Path:
@@ -72,10 +72,7 @@ def venvs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path
 
 
 def amldbg(*args: str, python: str = sys.executable, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [python, "-m", "amldbg", *args], capture_output=True, text=True, timeout=120,
-        env=venv_env(**env), cwd=str(cwd) if cwd else None, stdin=subprocess.DEVNULL,
-    )
+    return run_amldbg(*args, python=python, cwd=cwd, env=venv_env(**env))
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from processes import RunningGroup, child_env
-
-
-def dumps(output: str) -> list[dict[str, Any]]:
-    return [json.loads(m) for m in re.findall(r"^amldbg stacks: (\{.*\})$", output, re.M)]
-
+from processes import RunningGroup, child_env, dumps
 
 # The scripts' print writes each line in one write(2): the processes of a script share one
 # stdout pipe, and print's separate writes of text and newline let their lines glue together.

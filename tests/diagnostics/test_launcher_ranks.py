@@ -18,7 +18,6 @@ import importlib.util
 import json
 import os
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,14 @@ import pytest
 
 from amldbg.core import environment
 from conftest import free_port
-from processes import ROOT, RunningGroup, child_env, debug_base_port, reap_debug_adapters
+from processes import (
+    ROOT,
+    RunningGroup,
+    child_env,
+    debug_base_port,
+    reap_debug_adapters,
+    run_amldbg,
+)
 
 # Looked up (importing them costs seconds), never importorskip'd: the launchers are part of
 # the test extra, and a missing one must fail the run instead of skipping these tests.
@@ -97,10 +103,7 @@ def wait_until_stalled(run: RunningGroup, out: Path, dumps: Path, timeout: float
 
 def amldbg_stacks(*paths: Path) -> dict[str, Any]:
     """`python -m amldbg stacks PATH... --json`, the command a user runs on the job's outputs."""
-    result = subprocess.run(
-        [sys.executable, "-m", "amldbg", "stacks", *map(str, paths), "--json"],
-        capture_output=True, text=True, timeout=60, cwd=str(ROOT), env=child_env(),
-    )
+    result = run_amldbg("stacks", *map(str, paths), "--json", cwd=ROOT)
     assert result.returncode == 0, result.stderr
     return dict(json.loads(result.stdout))
 

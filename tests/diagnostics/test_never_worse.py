@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import stat
 import string
 import textwrap
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from conftest import free_port
-from processes import Running, child_env
+from processes import Running, child_env, dumps
 
 # Objects whose __repr__ (and __str__, and attribute hooks) block on a lock that another
 # thread holds for ever, like a shard reader on a hung mount; each call leaves a mark.
@@ -65,10 +63,6 @@ def script(tmp_path: Path, body: str, **fields: object) -> Path:
     text = textwrap.dedent(body)
     path.write_text(string.Template(text).substitute(fields) if fields else text)
     return path
-
-
-def dumps(output: str) -> list[dict[str, Any]]:
-    return [json.loads(m) for m in re.findall(r"^amldbg stacks: (\{.*\})$", output, re.M)]
 
 
 def when(run: Running, text: str) -> float:

@@ -8,15 +8,10 @@ import re
 import textwrap
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from processes import Running, child_env
-
-
-def dumps(output: str) -> list[dict[str, Any]]:
-    return [json.loads(m) for m in re.findall(r"^amldbg stacks: (\{.*\})$", output, re.M)]
+from processes import Running, announced_port, child_env, dumps, line_of
 
 
 def script(tmp_path: Path, body: str) -> str:
@@ -158,13 +153,13 @@ def test_no_report_while_waiting_for_a_client_or_stopped_at_a_breakpoint(tmp_pat
             time.sleep(0.05)  # BREAK
         print("done", flush=True)
     """)
-    line = next(n for n, text in enumerate(Path(job).read_text().splitlines(), 1) if "# BREAK" in text)
+    line = line_of(job, "# BREAK")
     args = [job, "--remote_debug", "--remote_debug_listen_host", "127.0.0.1", "--remote_debug_port",
             "0", "--remote_debug_connection_timeout", "60", "--remote_debug_stall_timeout", "1"]
     port = 0
     with Running(args, cwd=tmp_path) as run:
         try:
-            port = int(run.wait_for_line(r"^port: (\d+)$").group(1))
+            port = announced_port(run)
             time.sleep(2)  # waiting for a client longer than the stall timeout is no stall
             client = DAPClient.connect("127.0.0.1", port)
             try:

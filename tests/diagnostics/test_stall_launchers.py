@@ -23,15 +23,12 @@ import torch.distributed  # noqa: F401
 
 from conftest import free_port
 from processes import ROOT, SAMPLES, RunningGroup, child_env, debug_base_port, reap_debug_adapters
+from processes import dumps_after_any_prefix as dumps  # the ranks share one stdout
 
 pytestmark = pytest.mark.slow
 
 SAMPLE = str(SAMPLES / "train_stuck.py")
 HARNESS = Path(__file__).resolve().parent.parent / "cli" / "test_stacks_command.py"
-
-
-def dumps(output: str) -> list[dict[str, Any]]:
-    return [json.loads(m) for m in re.findall(r"amldbg stacks: (\{.*\})$", output, re.M)]
 
 
 def wait_for_dumps(run: RunningGroup, ranks: set[int], reason: str, timeout: float = 120) -> None:

@@ -16,13 +16,12 @@ envelopes (or newline-delimited JSON, possibly gzip-compressed), the answer
 
 and :func:`refused_endpoint` gives a connection string whose port nobody listens on.
 
-Run it as a program for the benchmarks (``python ingestion_server.py --port 0``): it
-prints ``PORT <n>`` and serves ``GET /stats`` (``{"envelopes": n, "requests": n}``).
+Run it as a program for the benchmarks (``python ingestion_server.py [--delay S] [--hang]``):
+it prints ``PORT <n>`` and serves ``GET /stats`` (``{"envelopes": n, "requests": n}``).
 """
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import socket
@@ -32,7 +31,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from loopback_server import LoopbackServer
+from loopback_server import JsonHandler, LoopbackServer, program_options, serve_until_interrupted
 
 
 class IngestionServer(LoopbackServer):
@@ -123,26 +122,7 @@ class IngestionServer(LoopbackServer):
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:  # quiet
-                pass
-
-            #: Sent as ``Retry-After`` with the next answer (then forgotten).
-            retry_after: str | None = None
-
-            def _answer(self, status: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                if self.retry_after is not None:
-                    self.send_header("Retry-After", self.retry_after)
-                    self.retry_after = None
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JsonHandler):
             def do_GET(self) -> None:
                 with server._lock:
                     body = {"envelopes": len(server.envelopes), "requests": len(server.statuses)}
@@ -226,17 +206,9 @@ def properties(envelope: dict[str, Any]) -> dict[str, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--delay", type=float, default=0.0)
-    parser.add_argument("--hang", action="store_true")
-    args = parser.parse_args()
-    with IngestionServer(delay=args.delay, hang=args.hang) as server:
-        print(f"PORT {server.port} IKEY {server.instrumentation_key}", flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
+    options = program_options(__doc__ or "")
+    server = IngestionServer(delay=options.delay, hang=options.hang)
+    serve_until_interrupted(server, f"PORT {server.port} IKEY {server.instrumentation_key}")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,40 @@
 """The part every fake service of the tests shares: an HTTP server on 127.0.0.1 run on a
-daemon thread, used as a context manager (:mod:`ingestion_server`, :mod:`mlflow_server`)."""
+daemon thread, used as a context manager, answering JSON (:mod:`ingestion_server`,
+:mod:`mlflow_server`), and the same server run as a program for the benchmarks."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
 
 S = TypeVar("S", bound="LoopbackServer")
+
+
+class JsonHandler(BaseHTTPRequestHandler):
+    """The request handler every fake service extends: HTTP/1.1, quiet, JSON answers."""
+
+    protocol_version = "HTTP/1.1"
+
+    #: Sent as ``Retry-After`` with the next answer (then forgotten).
+    retry_after: str | None = None
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+    def _answer(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        if self.retry_after is not None:
+            self.send_header("Retry-After", self.retry_after)
+            self.retry_after = None
+        self.end_headers()
+        self.wfile.write(data)
 
 
 class LoopbackServer:
@@ -42,3 +69,23 @@ class LoopbackServer:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def program_options(description: str) -> argparse.Namespace:
+    """The options of a fake service run as a program: ``--delay S`` and ``--hang``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--delay", type=float, default=0.0)
+    parser.add_argument("--hang", action="store_true")
+    return parser.parse_args()
+
+
+def serve_until_interrupted(server: LoopbackServer, banner: str) -> None:
+    """Run ``server`` as a program: print ``banner`` (it starts ``PORT <n>``, which the
+    benchmarks read), then serve until interrupted."""
+    with server:
+        print(banner, flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass

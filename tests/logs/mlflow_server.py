@@ -27,7 +27,6 @@ Run it as a program for the benchmarks (``python mlflow_server.py --delay 0.7``)
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 import uuid
@@ -35,7 +34,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from loopback_server import LoopbackServer
+from loopback_server import JsonHandler, LoopbackServer, program_options, serve_until_interrupted
 
 PREFIX = "/api/2.0/mlflow/"
 METRIC_ENDPOINTS = ("runs/log-batch", "runs/log-metric")
@@ -160,26 +159,7 @@ class MlflowServer(LoopbackServer):
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:  # quiet
-                pass
-
-            #: Sent as ``Retry-After`` with the next answer (then forgotten).
-            retry_after: str | None = None
-
-            def _answer(self, status: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                if self.retry_after is not None:
-                    self.send_header("Retry-After", self.retry_after)
-                    self.retry_after = None
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(JsonHandler):
             def _serve(self, method: str) -> None:
                 arrived = time.monotonic()
                 parts = urlsplit(self.path)
@@ -238,17 +218,9 @@ class MlflowServer(LoopbackServer):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--delay", type=float, default=0.0)
-    parser.add_argument("--hang", action="store_true")
-    args = parser.parse_args()
-    with MlflowServer(delay=args.delay, hang=args.hang) as server:
-        print(f"PORT {server.port}", flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
+    options = program_options(__doc__ or "")
+    server = MlflowServer(delay=options.delay, hang=options.hang)
+    serve_until_interrupted(server, f"PORT {server.port}")
 
 
 if __name__ == "__main__":
