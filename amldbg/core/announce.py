@@ -33,7 +33,7 @@ def say(line: str) -> None:
             return
         stream.write(line + "\n")
         stream.flush()
-    except Exception:
+    except Exception:  # not the guard: the guard's own warnings are written through here
         pass
 
 
@@ -50,7 +50,7 @@ def warn(message: str) -> None:
     """
     try:
         message = secrets.mask_value(message)
-    except Exception:  # masking must never cost the warning itself
+    except Exception:  # not the guard (it warns through here): masking must never cost the warning
         message = "(a warning that could not be masked was withheld)"
     say(PREFIX + "warning: " + message)
 

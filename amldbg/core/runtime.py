@@ -23,6 +23,7 @@ import sys
 from typing import Any, Mapping
 
 from amldbg.core import settings
+from amldbg.core.guard import quietly
 
 #: The local index of this worker process on its node (0-based); set it when the runtime's
 #: ``EntryScript().agent_name`` does not carry it (a local driver does).
@@ -112,10 +113,9 @@ def entry_script_class() -> Any:
     if _entry_script_class is _NOT_LOOKED_UP:
         found = None
         for name in _RUNTIME_MODULES:
-            try:
+            module = None
+            with quietly():  # a broken or unrelated module must not break the entry script
                 module = _find_module(name)
-            except Exception:  # a broken or unrelated module must not break the entry script
-                module = None
             candidate = getattr(module, "EntryScript", None)
             if candidate is not None:
                 found = candidate
@@ -130,20 +130,18 @@ def entry_script_logger() -> Any:
     cls = entry_script_class()
     if cls is None:
         return None
-    try:
+    with quietly():  # the runtime's own failure: no logger, as outside a parallel job
         return cls().logger
-    except Exception:
-        return None
+    return None
 
 
 def _agent_index() -> int | None:
     cls = entry_script_class()
     if cls is None:
         return None
-    try:
+    name = ""
+    with quietly():  # the runtime's own failure: no agent number
         name = str(cls().agent_name)
-    except Exception:
-        return None
     found = re.search(r"(\d+)$", name)
     return int(found.group(1)) if found else None
 

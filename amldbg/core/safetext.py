@@ -65,7 +65,7 @@ def mask(text: object) -> str:
     withheld whole."""
     try:
         return secrets.mask_value(_text(text))
-    except Exception:
+    except Exception:  # parsing hostile text: what cannot be masked is withheld, not shown
         return MASK
 
 

@@ -168,11 +168,6 @@ def mask_value(text: str) -> str:
     return _BASE64.sub(_base64, value)
 
 
-def looks_secret(text: str) -> bool:
-    """True when :func:`mask_value` would hide part of ``text``."""
-    return mask_value(text) != str(text)
-
-
 def mask_env(env: Mapping[str, Any]) -> dict[str, str]:
     """A copy of an environment mapping that is safe to write.
 

@@ -24,6 +24,7 @@ not have it blocked, and the default action would still apply there.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import select
 import signal
@@ -31,7 +32,7 @@ import threading
 from typing import Callable
 
 from amldbg.core import announce, forksafe, threads
-from amldbg.core.guard import describe
+from amldbg.core.guard import describe, guard
 
 __all__ = ["delivers", "forget", "listen", "reader_ident"]
 
@@ -41,9 +42,22 @@ IDLE_CHECK = 2.0
 _lock = forksafe.lock()
 _listeners: dict[int, Callable[[int], None]] = {}
 _idle_checks: dict[int, Callable[[], None]] = {}
-_read_fd = -1
-_write_fd = -1
-_reader: threading.Thread | None = None
+
+
+@dataclasses.dataclass
+class _Pipe:
+    """This process's wakeup pipe and the thread that reads it; -1, -1, None without one."""
+
+    read_fd: int = -1
+    write_fd: int = -1
+    reader: threading.Thread | None = None
+
+    def forget(self) -> None:
+        self.read_fd = self.write_fd = -1
+        self.reader = None
+
+
+_pipe = _Pipe()
 
 
 def listen(number: int, on_signal: Callable[[int], None],
@@ -55,12 +69,11 @@ def listen(number: int, on_signal: Callable[[int], None],
     applies). Main thread only. True when the pipe is the wakeup fd; False when another
     wakeup fd was there first (then only the Python handler sees the signal). Never raises.
     """
-    global _read_fd, _write_fd, _reader
     with _lock:
         _listeners[number] = on_signal
         if on_idle is not None:
             _idle_checks[number] = on_idle
-        if _write_fd >= 0:
+        if _pipe.write_fd >= 0:
             return True
         try:
             read_fd, write_fd = os.pipe()
@@ -80,36 +93,34 @@ def listen(number: int, on_signal: Callable[[int], None],
                 signal.set_wakeup_fd(previous)
             _close(read_fd, write_fd)
             return False
-        _read_fd, _write_fd = read_fd, write_fd
+        _pipe.read_fd, _pipe.write_fd = read_fd, write_fd
         # Not suspended at a breakpoint: a dump on demand works while the debugger stops.
-        _reader = threads.start(_read_loop, "amldbg-signals", read_fd)
+        _pipe.reader = threads.start(_read_loop, "amldbg-signals", read_fd)
         return True
 
 
 def forget(number: int) -> None:
     """Stop calling the listener of ``number``; with none left, give the wakeup fd back."""
-    global _read_fd, _write_fd, _reader
     with _lock:
         _listeners.pop(number, None)
         _idle_checks.pop(number, None)
-        if _listeners or _write_fd < 0:
+        if _listeners or _pipe.write_fd < 0:
             return
         if threading.current_thread() is threading.main_thread():
             with contextlib.suppress(OSError, ValueError):
                 current = signal.set_wakeup_fd(-1)
-                if current != _write_fd:
+                if current != _pipe.write_fd:
                     signal.set_wakeup_fd(current)  # someone else's: leave it
         # The reader reads end-of-file, closes its end and ends.
-        _close(_write_fd)
-        _read_fd = _write_fd = -1
-        _reader = None
+        _close(_pipe.write_fd)
+        _pipe.forget()
 
 
 def delivers() -> bool:
     """True while the pipe is the wakeup fd: the signal thread sees every signal, so a
     Python handler leaves the work to it. Main thread only (a signal handler's thread)."""
-    fd = _write_fd
-    if fd < 0 or _reader is None:
+    fd = _pipe.write_fd
+    if fd < 0 or _pipe.reader is None:
         return False
     try:
         current = signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
@@ -124,7 +135,7 @@ def delivers() -> bool:
 
 def reader_ident() -> int | None:
     """The identity of the signal thread, or None (not started, or a forked child)."""
-    reader = _reader
+    reader = _pipe.reader
     return reader.ident if reader is not None else None
 
 
@@ -161,28 +172,24 @@ def _read_loop(fd: int) -> None:
 
 
 def _call(function: Callable[..., None], *args: int) -> None:
-    try:
+    # The signal thread must outlive any listener's failure; one warning per listener.
+    with guard("a signal listener failed", key=f"signalpipe:{getattr(function, '__qualname__', '?')}"):
         function(*args)
-    except Exception as error:  # the signal thread must outlive any listener's failure
-        announce.warn_once(f"signalpipe:{getattr(function, '__qualname__', '?')}",
-                           f"a signal listener failed: {describe(error)}")
 
 
 def _after_fork_in_child() -> None:
     # The reader thread does not exist in a forked child, and the pipe is the parent's: a
     # signal to the child must not wake the parent. The child's main thread handles it.
-    global _reader, _read_fd, _write_fd
-    if _write_fd < 0:
+    if _pipe.write_fd < 0:
         return
     try:
         current = signal.set_wakeup_fd(-1)
-        if current != _write_fd:
+        if current != _pipe.write_fd:
             signal.set_wakeup_fd(current)  # someone else's: leave it
     except (OSError, ValueError):
         pass
-    _close(_read_fd, _write_fd)
-    _read_fd = _write_fd = -1
-    _reader = None
+    _close(_pipe.read_fd, _pipe.write_fd)
+    _pipe.forget()
 
 
 if hasattr(os, "register_at_fork"):

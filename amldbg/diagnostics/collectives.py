@@ -36,6 +36,7 @@ Never raises.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -44,6 +45,7 @@ import threading
 from typing import Any, Iterable, Mapping
 
 from amldbg.core import announce, forksafe, safetext, threads
+from amldbg.core.guard import guard, quietly
 
 #: Collectives the ring keeps when amldbg turns the Flight Recorder on (torch < 2.13).
 RING = 64
@@ -73,13 +75,22 @@ UNAVAILABLE = "unavailable"
 ERROR = "error"
 
 _lock = forksafe.lock()
-# What prepare() found: None until a diagnostic is armed.
-_recorder: str | None = None
-_note = ""
-# The pid whose recorder this is: a forked child (a data loader worker) never asks torch.
-_owner_pid = os.getpid()
-# A call into torch that has not answered: the next dump does not start another.
-_pending: threading.Event | None = None
+
+
+@dataclasses.dataclass
+class _State:
+    """What this process's recorder was judged to be, and whose it is."""
+
+    #: What prepare() found (and why): None until a diagnostic is armed.
+    recorder: str | None = None
+    note: str = ""
+    #: The pid whose recorder this is: a forked child (a data loader worker) never asks torch.
+    owner_pid: int = dataclasses.field(default_factory=os.getpid)
+    #: A call into torch that has not answered: the next dump does not start another.
+    pending: threading.Event | None = None
+
+
+_state = _State()
 
 LATE_NOTE = (
     "the process group existed before the diagnostics were armed, so PyTorch's Flight "
@@ -110,10 +121,9 @@ def _process_group_exists() -> bool:
     dist = sys.modules.get("torch.distributed")
     if dist is None:
         return False
-    try:
+    with quietly():  # torch's failure: no process group to read
         return bool(dist.is_available() and dist.is_initialized())
-    except Exception:
-        return False
+    return False
 
 
 def _torch_version() -> tuple[int, int] | None:
@@ -121,11 +131,12 @@ def _torch_version() -> tuple[int, int] | None:
     module = sys.modules.get("torch")
     text = vars(module).get("__version__") if module is not None else None
     if not isinstance(text, str):
-        try:
+        text = None
+        with quietly():  # not installed, or unreadable metadata: no version
             import importlib.metadata
 
             text = importlib.metadata.version("torch")
-        except Exception:
+        if text is None:
             return None
     found = re.match(r"(\d+)\.(\d+)", str(text))
     return (int(found.group(1)), int(found.group(2))) if found else None
@@ -149,34 +160,30 @@ def ring_size(env: Mapping[str, str]) -> int:
 def prepare() -> str:
     """Make sure the Flight Recorder records this process's collectives; return what the
     dumps will carry (``"on"``, ``"off"``, ``"late"``). Idempotent; never raises."""
-    global _recorder, _note
-    try:
-        with _lock:
-            if _recorder is not None:
-                return _recorder
-            chosen, on = _users_ring(os.environ)
-            if chosen:
-                # The user's own ring, or the user's wish that there be none.
-                _recorder, _note = (ON, "") if on else (OFF, OFF_BY_USER)
-            elif ring_on_by_default():
-                _recorder = ON  # torch's own ring: nothing to change
-            elif _process_group_exists():
-                _recorder, _note = LATE, LATE_NOTE
-                announce.info(f"collectives: {LATE_NOTE}")
-            else:
-                # Inherited by the launcher's children and subprocesses too: each records
-                # into its own small ring.
-                os.environ["TORCH_FR_BUFFER_SIZE"] = str(RING)
-                _recorder = ON
-            return _recorder
-    except Exception as error:
-        announce.warn_once("collectives:prepare", f"collectives are off: {error}")
-        return ERROR
+    with guard("collectives are off", key="collectives:prepare"), _lock:
+        if _state.recorder is not None:
+            return _state.recorder
+        chosen, on = _users_ring(os.environ)
+        if chosen:
+            # The user's own ring, or the user's wish that there be none.
+            _state.recorder, _state.note = (ON, "") if on else (OFF, OFF_BY_USER)
+        elif ring_on_by_default():
+            _state.recorder = ON  # torch's own ring: nothing to change
+        elif _process_group_exists():
+            _state.recorder, _state.note = LATE, LATE_NOTE
+            announce.info(f"collectives: {LATE_NOTE}")
+        else:
+            # Inherited by the launcher's children and subprocesses too: each records
+            # into its own small ring.
+            os.environ["TORCH_FR_BUFFER_SIZE"] = str(RING)
+            _state.recorder = ON
+        return _state.recorder
+    return ERROR
 
 
 def _recorder_state() -> tuple[str, str]:
-    if _recorder is not None:
-        return _recorder, _note
+    if _state.recorder is not None:
+        return _state.recorder, _state.note
     # Not armed by amldbg (a crash report of a rank that only has crash hooks).
     chosen, on = _users_ring(os.environ)
     if on or (not chosen and ring_on_by_default()):
@@ -254,21 +261,20 @@ def _record(dump: Any) -> dict[str, Any] | None:
 def _answers(with_entries: bool = True) -> list[dict[str, Any]]:
     """What torch's recorders hold now (every backend's, and NCCL's own ring); only each
     group's status when ``with_entries`` is false."""
-    try:
-        c10d = sys.modules.get("torch._C._distributed_c10d")
-        if c10d is None:
+    c10d = sys.modules.get("torch._C._distributed_c10d")
+    if c10d is None:
+        with quietly():  # torch's failure: no answer
             import torch._C._distributed_c10d as c10d  # torch.distributed imported it already
-    except Exception:
-        return []
+        if c10d is None:
+            return []
     answers = []
     for name in ("_dump_fr_trace_json", "_dump_nccl_trace_json"):
         function = getattr(c10d, name, None)
         if function is None:
             continue
-        try:
+        record = None
+        with quietly():  # one recorder's failure: the other may still answer
             record = _record(function(includeCollectives=with_entries, onlyActive=False))
-        except Exception:
-            continue
         if record is not None:
             answers.append(record)
     return answers
@@ -278,7 +284,7 @@ def _membership() -> dict[str, tuple[str, list[int]]]:
     """Each process group by torch's name: its description and its members' global ranks,
     from ``torch.distributed``'s own tables (no call into the script)."""
     found: dict[str, tuple[str, list[int]]] = {}
-    try:
+    with quietly():  # torch's tables are not as expected: what was read so far
         world = sys.modules["torch.distributed.distributed_c10d"]._world
         names = dict(world.pg_names)
         group_ranks = dict(world.pg_group_ranks)
@@ -291,8 +297,6 @@ def _membership() -> dict[str, tuple[str, list[int]]]:
             ranks = sorted(r for r in dict(members) if type(r) is int) if isinstance(members, dict) else []
             desc = descriptions.get(group)
             found[str(name)] = (desc if isinstance(desc, str) else "", ranks[:100_000])
-    except Exception:
-        pass
     return found
 
 
@@ -377,11 +381,10 @@ def _take_status(group: dict[str, Any], statuses: Iterable[Mapping[str, Any]], p
 
 
 def _backend() -> str:
-    try:
+    with quietly():  # torch's failure: no backend named
         dist = sys.modules["torch.distributed"]
         return safetext.safe(dist.get_backend(), 20) if dist.is_initialized() else ""
-    except Exception:
-        return ""
+    return ""
 
 
 def _read(with_entries: bool = True) -> dict[str, Any]:
@@ -392,9 +395,8 @@ def snapshot(wait: float = ANSWER_WAIT) -> dict[str, Any] | None:
     """The ``"collectives"`` section of a dump, or ``None`` when this process never imported
     ``torch.distributed`` (or is a forked child). Waits at most ``wait`` seconds. Never
     raises."""
-    global _pending
     try:
-        if "torch.distributed" not in sys.modules or os.getpid() != _owner_pid:
+        if "torch.distributed" not in sys.modules or os.getpid() != _state.owner_pid:
             return None
         recorder, note = _recorder_state()
         section: dict[str, Any] = {"recorder": recorder}
@@ -403,12 +405,12 @@ def snapshot(wait: float = ANSWER_WAIT) -> dict[str, Any] | None:
         if not _process_group_exists():
             section["groups"] = []
             return section
-        if _pending is not None and not _pending.is_set():
+        if _state.pending is not None and not _state.pending.is_set():
             section.update(recorder=ERROR, note="PyTorch's Flight Recorder did not answer an earlier dump")
             section["groups"] = _groups([], _membership())
             return section
         answered = threading.Event()
-        _pending = answered
+        _state.pending = answered
 
         size = ring_size(os.environ)
         with_entries = size <= LARGE_RING
@@ -439,7 +441,7 @@ def snapshot(wait: float = ANSWER_WAIT) -> dict[str, Any] | None:
         elif recorder == ON and not found["answers"]:
             section.update(recorder=ERROR, note="PyTorch's Flight Recorder gave no readable answer")
         return section
-    except Exception as error:
+    except Exception as error:  # not the guard: the failure is told in the dump's own section
         return {"recorder": ERROR, "note": safetext.safe(f"the collectives could not be read: {type(error).__name__}", 200), "groups": []}
 
 
@@ -455,13 +457,11 @@ def shortened(section: Mapping[str, Any], entries: int) -> dict[str, Any]:
 
 def forget() -> None:
     """Judge the recorder again at the next arm (tests)."""
-    global _recorder, _note
-    _recorder, _note = None, ""
+    _state.recorder, _state.note = None, ""
 
 
 def _after_fork_in_child() -> None:
-    global _pending
-    _pending = None
+    _state.pending = None
 
 
 if hasattr(os, "register_at_fork"):

@@ -37,6 +37,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from amldbg._version import __version__
 from amldbg.core import announce, environment, joblogs, secrets
+from amldbg.core.guard import guard, quietly
 from amldbg.core.joblogs import LineReader
 
 #: Marks the snapshot line a script writes to the driver log; ``amldbg env diff`` reads it.
@@ -76,17 +77,14 @@ def normalize_name(name: str) -> str:
 def _top_level_modules(dist: Any) -> list[str]:
     # top_level.txt is written by setuptools; other back ends only leave RECORD.
     text = None
-    try:
+    with quietly():  # a distribution's broken metadata: read its RECORD instead
         text = dist.read_text("top_level.txt")
-    except Exception:
-        text = None
     if text:
         return sorted({line.strip() for line in text.splitlines() if line.strip()})
     modules = set()
-    try:
+    files: Any = []
+    with quietly():  # a distribution's broken metadata: no modules named
         files = dist.files or []
-    except Exception:
-        files = []
     for file in files:
         parts = file.parts
         if not parts or parts[0].endswith((".dist-info", ".egg-info", ".data")) or parts[0] in {"..", "__pycache__"}:
@@ -205,11 +203,9 @@ def _gpu(env: Mapping[str, str]) -> dict[str, Any] | None:
     # script has imported it already.
     torch = sys.modules.get("torch")
     if torch is not None:
-        try:
+        with quietly():  # torch's failure: what the driver said is enough
             info["torch_cuda"] = getattr(torch.version, "cuda", None)
             info["torch_cuda_available"] = bool(torch.cuda.is_available())
-        except Exception:
-            pass
     return info or None
 
 
@@ -293,10 +289,11 @@ def write_env_snapshot(
     topology = environment.topology(env)
     if not all_ranks and topology.local_rank != 0:
         return None
-    try:
+    snapshot = None
+    # A snapshot must never stop the script it describes.
+    with guard("could not take the environment snapshot", once=False):
         snapshot = env_snapshot(env)
-    except Exception as error:  # a snapshot must never stop the script it describes
-        announce.warn(f"could not take the environment snapshot: {error}")
+    if snapshot is None:
         return None
     if path is not None:
         target = Path(path)

@@ -42,7 +42,7 @@ import tempfile
 import uuid
 from typing import Any, Iterable, Mapping, Sequence
 
-from amldbg.core import announce, environment, forksafe, safetext, secrets
+from amldbg.core import announce, environment, forksafe, safetext, secrets, settings
 from amldbg.core.guard import guard
 
 __all__ = [
@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 #: Set to keep the registry elsewhere (tests; a job and a shell that disagree on TMPDIR).
-DIR_ENV = "AMLDBG_REGISTRY_DIR"
+DIR_ENV = settings.REGISTRY_DIR.env_var
 #: The signals an entry may say amldbg owns.
 SIGNALS = ("SIGUSR1", "SIGUSR2")
 #: Larger files are not read (an entry is a few hundred bytes).
@@ -61,10 +61,22 @@ MAX_FILES = 10_000
 FORMAT = 1
 
 _lock = forksafe.lock()
-_owner_pid: int | None = None  # the pid that wrote the entry below
-_path: str | None = None
-_record: dict[str, Any] | None = None
-_atexit_registered = False
+
+
+@dataclasses.dataclass
+class _Registered:
+    """This process's entry: the pid that wrote it (a forked child is not it), where, what."""
+
+    owner_pid: int | None = None
+    path: str | None = None
+    record: dict[str, Any] | None = None
+    atexit_registered: bool = False
+
+    def forget(self) -> None:
+        self.owner_pid, self.path, self.record = None, None, None
+
+
+_registered = _Registered()
 
 
 # -- where ------------------------------------------------------------------------------------
@@ -87,7 +99,7 @@ def candidates(env: Mapping[str, str] | None = None) -> list[str]:
     ``XDG_RUNTIME_DIR`` that the job did not, so readers look at both usual places.
     """
     env = os.environ if env is None else env
-    explicit = (env.get(DIR_ENV) or "").strip()
+    explicit = settings.env_value(settings.REGISTRY_DIR, env)
     if explicit:
         return [os.path.abspath(explicit)]
     found = []
@@ -128,7 +140,7 @@ def directory(create: bool = False, env: Mapping[str, str] | None = None) -> tup
     env = os.environ if env is None else env
     path = candidates(env)[0]
     if create and not os.path.lexists(path):
-        if (env.get(DIR_ENV) or "").strip():
+        if settings.env_value(settings.REGISTRY_DIR, env):
             os.makedirs(os.path.dirname(path), exist_ok=True)
         with contextlib.suppress(FileExistsError):
             os.mkdir(path, 0o700)  # the umask can only narrow it
@@ -184,7 +196,7 @@ def _write(path: str, record: Mapping[str, Any]) -> None:
     try:
         secrets.write_private(temporary, json.dumps(record, sort_keys=True) + "\n")
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException:  # not a catch: the half-written file goes, the error goes on
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
@@ -200,7 +212,6 @@ def register(signals: Iterable[str]) -> bool:
 
     True when the entry was written. Never raises: a failure is one warning line.
     """
-    global _owner_pid, _path, _record, _atexit_registered
     with guard("amldbg signal cannot see this process (kill -USR1 PID still works)"):
         names = _owned(signals)
         if not names:
@@ -221,10 +232,10 @@ def register(signals: Iterable[str]) -> bool:
                 return False
             entry = os.path.join(path, f"{record['pid']}.json")
             _write(entry, record)
-            _owner_pid, _path, _record = os.getpid(), entry, record
-            if not _atexit_registered:
+            _registered.owner_pid, _registered.path, _registered.record = os.getpid(), entry, record
+            if not _registered.atexit_registered:
                 atexit.register(_at_exit)
-                _atexit_registered = True
+                _registered.atexit_registered = True
             return True
     return False
 
@@ -235,20 +246,20 @@ def update(signals: Iterable[str]) -> bool:
 
     True when the entry now lists ``signals``. Never raises.
     """
-    global _record
     with guard("amldbg signal: could not update this process's entry"):
         names = _owned(signals)
         if not names:
             unregister()
             return False
-        if _owner_pid != os.getpid():
+        if _registered.owner_pid != os.getpid():
             return False  # a forked child: its parent's entry (and maybe a lock held at fork)
         with _lock:
-            if _owner_pid != os.getpid() or _path is None or _record is None:
+            path, previous = _registered.path, _registered.record
+            if _registered.owner_pid != os.getpid() or path is None or previous is None:
                 return False
-            record = {**_record, "signals": names}
-            _write(_path, record)
-            _record = record
+            record = {**previous, "signals": names}
+            _write(path, record)
+            _registered.record = record
             return True
     return False
 
@@ -256,14 +267,13 @@ def update(signals: Iterable[str]) -> bool:
 def unregister() -> None:
     """Remove this process's entry (also done at exit). Only the process that wrote it may:
     in a forked child this does nothing. Never raises."""
-    global _owner_pid, _path, _record
-    if _owner_pid != os.getpid():
+    if _registered.owner_pid != os.getpid():
         return  # never registered, or a forked child (which must not wait for a lock held at fork)
     with guard("amldbg signal: could not remove this process's entry"), _lock:
-        if _owner_pid != os.getpid() or _path is None:
+        path = _registered.path
+        if _registered.owner_pid != os.getpid() or path is None:
             return
-        path = _path
-        _owner_pid, _path, _record = None, None, None
+        _registered.forget()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
 

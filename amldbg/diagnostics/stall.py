@@ -43,7 +43,6 @@ second, in a thread that sleeps in between (``benchmarks/bench_stall.py`` measur
 from __future__ import annotations
 
 import atexit
-import contextlib
 import faulthandler
 import os
 import sys
@@ -52,6 +51,7 @@ import time
 from typing import Any
 
 from amldbg.core import announce, environment, forksafe, threads
+from amldbg.core.guard import guard, quietly
 from amldbg.diagnostics import collectives, stacks, values
 
 __all__ = ["arm", "disarm", "heartbeat", "is_armed"]
@@ -109,9 +109,8 @@ class _Watchdog(threading.Thread):
 
     def run(self) -> None:
         try:
-            self._loop()
-        except Exception as error:  # the watchdog must never take the script down
-            announce.warn(f"the stall watchdog stopped: {error}")
+            with guard("the stall watchdog stopped", once=False):  # never takes the script down
+                self._loop()
         finally:
             self._cancel_faulthandler()
 
@@ -164,14 +163,15 @@ class _Watchdog(threading.Thread):
         if stream is None or self.stop_event.is_set() or not _faulthandler_lock.acquire(timeout=1):
             return
         try:
-            stream.fileno()
-            # Fires only if this thread cannot run for the whole timeout (the GIL is held).
-            faulthandler.dump_traceback_later(
-                self.timeout + self._rearm_every, repeat=False, file=stream, exit=False
-            )
-            self._faulthandler_armed = True
-            self._armed_at = now
-        except Exception:
+            with quietly():  # stderr closed or not a file: the stall report goes without a timer
+                stream.fileno()
+                # Fires only if this thread cannot run for the whole timeout (the GIL is held).
+                faulthandler.dump_traceback_later(
+                    self.timeout + self._rearm_every, repeat=False, file=stream, exit=False
+                )
+                self._faulthandler_armed = True
+                self._armed_at = now
+                return
             self._faulthandler_armed = False
         finally:
             _faulthandler_lock.release()
@@ -179,7 +179,7 @@ class _Watchdog(threading.Thread):
     def _cancel_faulthandler(self) -> None:
         if self._faulthandler_armed:
             self._faulthandler_armed = False
-            with contextlib.suppress(Exception):
+            with quietly():  # on the way out or before a fork: nothing to add
                 faulthandler.cancel_dump_traceback_later()
 
 
@@ -193,21 +193,15 @@ def _debugger_stopped() -> bool:
     whose call is still running."""
     if "pydevd" not in sys.modules:
         return False
-    try:
-        threads = list(threading.enumerate())
-    except Exception:
-        return False
-    for thread in threads:
+    for thread in list(threading.enumerate()):
         info = values.instance_dict(thread).get("additional_info")
         if info is None:
             continue
-        try:
+        with quietly():  # pydevd's object is not as expected: that thread is not paused
             # Only a thread paused now: a step over a call that then hangs leaves its step
             # command set while the script runs, and must not hide the hang.
             if info.pydev_state == _STATE_SUSPEND:
                 return True
-        except Exception:
-            continue
     return False
 
 
@@ -218,7 +212,7 @@ def arm(timeout: float, *, interval: float | None = None) -> bool:
     Announces itself in one line. Never raises.
     """
     global _watchdog
-    try:
+    with guard("the stall report is off", once=False):
         if timeout <= 0:
             return False
         if "gunicorn.workers.base" in sys.modules:
@@ -245,9 +239,7 @@ def arm(timeout: float, *, interval: float | None = None) -> bool:
             f"written when the main thread makes no progress for {announce.seconds(timeout)} s"
         )
         return True
-    except Exception as error:
-        announce.warn(f"the stall report is off: {error}")
-        return False
+    return False
 
 
 def disarm(wait: float = JOIN_WAIT) -> None:

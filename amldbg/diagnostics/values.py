@@ -75,14 +75,14 @@ def _mro(cls: type) -> tuple[type, ...]:
     try:
         found = _TYPE_MRO.__get__(cls)
         return found if type(found) is tuple else (cls,)
-    except Exception:
+    except Exception:  # not the guard: a user's class: its C-level __mro__ may be anything
         return (cls,)
 
 
 def _class_dict(cls: type) -> Any:
     try:
         return _TYPE_DICT.__get__(cls)
-    except Exception:
+    except Exception:  # not the guard: a user's class: its C-level __dict__ may be anything
         return {}
 
 
@@ -93,7 +93,7 @@ def _lookup(cls: type, name: str) -> tuple[type | None, Any]:
         try:
             if name in namespace:
                 return klass, namespace[name]
-        except Exception:
+        except Exception:  # not the guard: a user's namespace (a custom mapping) may raise on lookup
             continue
     return None, None
 
@@ -129,7 +129,7 @@ def type_name(cls: type) -> str:
     try:
         name = _TYPE_NAME.__get__(cls)
         module = _TYPE_MODULE.__get__(cls)
-    except Exception:
+    except Exception:  # not the guard: a user's class: its name may be anything
         return "?"
     name = name if type(name) is str else "?"
     if type(module) is not str or module == "builtins":
@@ -141,14 +141,14 @@ def _short_name(cls: type) -> str:
     try:
         name = _TYPE_SHORT_NAME.__get__(cls)
         return name if type(name) is str else "?"
-    except Exception:
+    except Exception:  # not the guard: a user's class: its name may be anything
         return "?"
 
 
 def _module_root(cls: type) -> str:
     try:
         module = _TYPE_MODULE.__get__(cls)
-    except Exception:
+    except Exception:  # not the guard: a user's class: its module may be anything
         return ""
     return module.split(".", 1)[0] if type(module) is str else ""
 
@@ -178,7 +178,7 @@ def _c_attribute(value: Any, cls: type, name: str) -> Any:
         return None
     try:
         return raw.__get__(value, cls)
-    except Exception:
+    except Exception:  # not the guard: a user's object: its C-level getter may raise
         return None
 
 
@@ -373,7 +373,7 @@ class _Formatter:
     def _exception(self, value: Any, cls: type, depth: int) -> str:
         try:
             args = _EXCEPTION_ARGS.__get__(value)
-        except Exception:
+        except Exception:  # not the guard: a user's exception: its C-level args may raise
             args = ()
         if type(args) is not tuple or depth >= MAX_DEPTH:
             return f"{_short_name(cls)}(...)"
@@ -383,7 +383,7 @@ class _Formatter:
     def _module(self, value: Any) -> str:
         try:
             name = _MODULE_DICT.__get__(value).get("__name__")
-        except Exception:
+        except Exception:  # not the guard: a user's module: its namespace may be anything
             name = None
         return f"<module {name!r}>" if type(name) is str else "<module>"
 
@@ -391,7 +391,7 @@ class _Formatter:
         try:
             name = _FUNCTION_NAME.__get__(value)
             return name if type(name) is str else "?"
-        except Exception:
+        except Exception:  # not the guard: a user's function: its name may be anything
             return "?"
 
     def _instance(self, value: Any, cls: type, depth: int) -> str:
@@ -425,7 +425,7 @@ def instance_dict(value: Any) -> dict[str, Any]:
         return {}
     try:
         namespace = raw.__get__(value, cls)
-    except Exception:
+    except Exception:  # not the guard: a user's object: its C-level __dict__ getter may raise
         return {}
     return namespace if type(namespace) is dict else {}
 
@@ -438,7 +438,7 @@ def _instance_fields(value: Any, cls: type) -> dict[str, Any]:
     if _one_of(type(raw), _C_DESCRIPTORS):  # SimpleNamespace keeps its dict in a member
         try:
             namespace = raw.__get__(value, cls)
-        except Exception:
+        except Exception:  # not the guard: a user's object: its C-level namespace getter may raise
             namespace = None
         if type(namespace) is dict:
             for key, item in dict.items(namespace):
@@ -454,7 +454,7 @@ def _instance_fields(value: Any, cls: type) -> dict[str, Any]:
             if type(descriptor) is types.MemberDescriptorType:
                 try:
                     found[name] = descriptor.__get__(value, klass)
-                except Exception:
+                except Exception:  # not the guard: a user's object's slot, read from C
                     continue  # a slot never set
     _, declared = _lookup(cls, "__dataclass_fields__")
     if type(declared) is dict:
@@ -490,7 +490,7 @@ def _array_summary(value: Any, cls: type) -> str | None:
             with guard():
                 return _summarise(value, cls)
         return _summarise(value, cls)
-    except Exception:
+    except Exception:  # not the guard: a user's array: its C-level attributes may raise
         return f"<{_short_name(cls)}>"
 
 
@@ -556,7 +556,7 @@ def _c_text(value: Any) -> str | None:
                 try:
                     text = method(value)  # torch.dtype and torch.device are C types
                     return text if type(text) is str else None
-                except Exception:
+                except Exception:  # not the guard: a user's dtype/device: its C-level text may raise
                     return None
         return None
     # numpy.dtype: its scalar type's name (the dtype's own str() runs Python code).
@@ -573,7 +573,7 @@ def describe(value: Any, limit: int = MAX_REPR) -> str:
         text = _Formatter(limit).format(value, 0)
     except RecursionError:
         text = f"<{type_name(type(value))}>"
-    except Exception as error:
+    except Exception as error:  # not the guard: a user's object: anything unreadable is shown by type only
         text = f"<{type_name(type(value))}: not shown ({type(error).__name__})>"
     return safetext.safe(text, limit)
 
@@ -584,7 +584,7 @@ def exception_text(exc: BaseException, limit: int = 500) -> str:
     cls = type(exc)
     try:
         args = _EXCEPTION_ARGS.__get__(exc)
-    except Exception:
+    except Exception:  # not the guard: a user's exception: its C-level args may raise
         args = ()
     formatter = _Formatter(limit)
     if _has_base(cls, OSError):
@@ -608,7 +608,7 @@ def _os_error_text(exc: BaseException, formatter: _Formatter) -> str:
     for name in ("errno", "strerror", "filename", "filename2"):
         try:
             fields[name] = members[name].__get__(exc)
-        except Exception:
+        except Exception:  # not the guard: a user's OSError: its C-level fields may raise
             fields[name] = None
     if fields["errno"] is None or fields["strerror"] is None:
         args = _EXCEPTION_ARGS.__get__(exc)

@@ -24,7 +24,7 @@ import sys
 from typing import Any
 
 from amldbg.core import announce
-from amldbg.core.guard import guard
+from amldbg.core.guard import guard, quietly
 from amldbg.logs import connection as connections
 from amldbg.logs import driver_log, export
 from amldbg.logs import settings as log_settings
@@ -87,10 +87,9 @@ def _install(logger: logging.Logger, handlers: list[logging.Handler]) -> None:
 
 
 def _caller_module(depth: int = 2) -> str:
-    try:
+    with quietly():  # a call stack shallower than expected: the user's logger
         return str(sys._getframe(depth).f_globals.get("__name__") or "amldbg.user")
-    except Exception:
-        return "amldbg.user"
+    return "amldbg.user"
 
 
 def get_logger(
@@ -184,10 +183,9 @@ def flush_logs(timeout: float | None = None) -> bool:
     if exporter is None:
         return True
     wait = log_settings.current().grace_period if timeout is None else timeout
-    try:
+    with quietly():  # as for a flush that timed out: False says it
         return exporter.flush(wait)
-    except Exception:
-        return False
+    return False
 
 
 #: Short alias inside ``amldbg.logs``.

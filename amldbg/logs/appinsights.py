@@ -23,6 +23,7 @@ import hashlib
 import logging
 
 from amldbg.core import announce, environment
+from amldbg.core.guard import quietly
 from amldbg.logs import envelopes, export
 from amldbg.logs.connection import ConnectionString
 from amldbg.logs.settings import LogSettings
@@ -151,7 +152,9 @@ class AppInsightsHandler(logging.Handler):
         """Queue the record with its message and a copy of the user's custom dimensions."""
         if not self.sends_here or record.name.startswith(EXCLUDED_LOGGERS):
             return
-        try:
+        # Quietly: telemetry never breaks the script, and a warning per record would flood
+        # (a bad format string is the user's and already shown by the driver-log handler).
+        with quietly():
             channel = self._channel
             if channel is None or channel.generation != export.current_generation():
                 channel = self._bind()  # first record, or first record after a fork
@@ -165,10 +168,6 @@ class AppInsightsHandler(logging.Handler):
             if user is not None:
                 user = dict(user) if isinstance(user, dict) else {"custom_dimensions": str(user)}
             channel.put(envelopes.snapshot(record, message, user))
-        except Exception:
-            # Never let telemetry break the script (a bad format string is the user's
-            # and already shown by the driver-log handler).
-            pass
 
     def flush(self) -> None:
         """Nothing to do here: use :func:`amldbg.logs.flush` to wait for delivery."""

@@ -8,11 +8,11 @@ process (a forked child computes its own, since its pid differs).
 from __future__ import annotations
 
 import os
-import threading
 
-from amldbg.core import environment
+from amldbg.core import environment, forksafe
+from amldbg.core.guard import quietly
 
-_lock = threading.Lock()
+_lock = forksafe.lock()
 _cache: tuple[int, dict[str, str]] | None = None
 
 
@@ -30,10 +30,9 @@ def _compute() -> dict[str, str]:
     ):
         if value:
             dims[key] = value
-    try:
+    dims["node_address"] = "unknown"
+    with quietly():  # a broken network stack must not stop logging
         dims["node_address"] = environment.node_address()[0]
-    except Exception:  # a broken network stack must not stop logging
-        dims["node_address"] = "unknown"
     dims["rank"] = str(topo.rank)
     dims["local_rank"] = str(topo.local_rank)
     dims["world_size"] = str(topo.world_size)

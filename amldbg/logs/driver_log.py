@@ -15,7 +15,6 @@ would put every line there twice.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import sys
@@ -23,6 +22,7 @@ import threading
 from typing import Any
 
 from amldbg.core import announce, environment, runtime
+from amldbg.core.guard import quietly
 from amldbg.logs import export
 
 #: Format of driver-log lines; ``%(amldbg_rank)s`` is ``"[rank N] "`` in a distributed job.
@@ -87,7 +87,7 @@ class DriverLogHandler(logging.StreamHandler):  # type: ignore[type-arg,unused-i
             stream.flush()
         except RecursionError:
             raise
-        except Exception:
+        except Exception:  # not quietly(): RecursionError must pass (logging's contract)
             pass  # the driver log is best effort: a closed stdout must not stop the script
 
     def handleError(self, record: logging.LogRecord) -> None:
@@ -112,10 +112,9 @@ class EntryScriptHandler(logging.Handler):
             return
         self._local.busy = True
         try:
-            if record.levelno >= self.target.getEffectiveLevel():
-                self.target.handle(record)
-        except Exception:
-            pass
+            with quietly():  # the runtime's logger is best effort, as the driver log is
+                if record.levelno >= self.target.getEffectiveLevel():
+                    self.target.handle(record)
         finally:
             self._local.busy = False
 
@@ -150,7 +149,7 @@ def ensure_line_buffered() -> None:
     """
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, io.TextIOWrapper) and not stream.line_buffering:
-            with contextlib.suppress(Exception):
+            with quietly():  # a stream that refuses keeps its buffering
                 stream.reconfigure(line_buffering=True)
 
 

@@ -88,7 +88,7 @@ class _ExportThreadFilter(logging.Filter):
         if export.is_export_thread(record.thread):
             try:
                 self.last_message = record.getMessage()
-            except Exception:
+            except Exception:  # not the guard: parsing an exporter's record whose arguments do not format
                 self.last_message = str(record.msg)
             return False
         return True

@@ -47,13 +47,15 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
+import dataclasses
 import os
 import sys
 import threading
 import time
 from typing import Any, Callable, Iterator
 
-from amldbg.core import announce, threads
+from amldbg.core import announce, forksafe, threads
+from amldbg.core.guard import guard, quietly
 
 OK = "ok"
 RETRY = "retry"
@@ -308,21 +310,12 @@ class Exporter:
                 found.thread = threading.Thread(target=self._run, args=(found,),
                                                 name="amldbg-export", daemon=True)
                 found.thread.start()
-        if self is _exporter:
+        if self is _state.exporter:
             # Records are queued now: a SIGTERM must not lose them (.termination registers).
             for hook in list(_channel_hooks):
-                with contextlib.suppress(Exception):
+                with quietly():  # each hook warns of its own failure (termination.arm does)
                     hook()
         return found
-
-    @property
-    def thread_ident(self) -> int | None:
-        """Identity of the first channel's export thread (kept for older callers; use
-        :func:`is_export_thread`, which knows every export thread)."""
-        for ch in list(self.channels.values()):
-            if ch.thread is not None:
-                return ch.thread.ident
-        return None
 
     def wait_while_building(self, timeout: float) -> bool:
         """Wait (bounded) while an export thread builds a sink; True when none does."""
@@ -419,10 +412,9 @@ class Exporter:
                     ch.wakeup.clear()
                     continue
                 did = False
-                try:
+                # Never let the thread die; one warning per channel, whatever the error says.
+                with guard(f"{ch.name}: export error", key="export:internal:" + ch.name):
                     did = self._service(ch, deadline)
-                except Exception as error:  # never let the thread die
-                    self.warn_once("internal:" + ch.name, f"{ch.name}: export error {type(error).__name__}: {error}")
                 with self._progress:
                     self._progress.notify_all()
                 now = time.monotonic()
@@ -487,10 +479,8 @@ class Exporter:
         if ch.sink is None:
             return
         deadline = self._stop_deadline or time.monotonic()
-        try:
+        with guard(f"{ch.name}: closing failed", key="export:close:" + ch.name):
             ch.sink.close(max(0.1, deadline - time.monotonic()))
-        except Exception as error:
-            self.warn_once("close:" + ch.name, f"{ch.name}: closing failed: {type(error).__name__}: {error}")
 
     def _build(self, ch: Channel) -> None:
         # Built as soon as the channel exists, not at the first send: the exporters
@@ -508,7 +498,7 @@ class Exporter:
                 if "new thread" not in str(error) or not _exit_window.wait(EXIT_WINDOW_WAIT):
                     raise
                 ch.sink = ch.factory()
-        except Exception as error:
+        except Exception as error:  # not the guard: a sink that cannot be built is its channel's state
             ch.broken = True
             reason = str(error)
             if "shutdown" in reason and not threading.main_thread().is_alive():
@@ -552,7 +542,7 @@ class Exporter:
         sink.retry_after = None
         try:
             result = sink.send(ch.pending, timeout)
-        except Exception as error:
+        except Exception as error:  # not the guard: a failed send is a result, told in the loss line
             sink.last_error = f"{type(error).__name__}: {error}"
             result = DROP
         refused = 0
@@ -692,7 +682,7 @@ class _InlineExecutor:
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         try:
             future.set_result(function(*args, **kwargs))
-        except BaseException as error:
+        except BaseException as error:  # not a catch: handed to the future, as a real pool does
             future.set_exception(error)
         return future
 
@@ -719,29 +709,40 @@ def when_channel_made(hook: Callable[[], Any]) -> None:
         _channel_hooks.append(hook)
 
 
-_generation = 0
-_exporter: Exporter | None = None
-_exporter_lock = threading.Lock()
-_atexit_registered = False
+@dataclasses.dataclass
+class _ProcessState:
+    """This process's exporter and what was set up for it; a forked child starts afresh."""
+
+    #: Counts forks: a holder of a channel made in an earlier generation fetches a new one.
+    generation: int = 0
+    exporter: Exporter | None = None
+    atexit_registered: bool = False
+    #: Whether :func:`_let_sinks_finish` is among threading's exit hooks.
+    sinks_hook_registered: bool = False
+    #: Export threads still importing when the last fork happened (see _forget_half_imports).
+    importing_at_fork: frozenset[int] = frozenset()
+
+
+_state = _ProcessState()
+_exporter_lock = forksafe.lock()
 
 
 def get_exporter() -> Exporter:
     """This process's exporter, created on first use."""
-    global _exporter, _atexit_registered
-    exporter = _exporter
+    exporter = _state.exporter
     if exporter is not None:
         return exporter
     with _exporter_lock:
-        if _exporter is None:
-            _exporter = Exporter(_generation)
-            if not _atexit_registered:
+        if _state.exporter is None:
+            _state.exporter = Exporter(_state.generation)
+            if not _state.atexit_registered:
                 # Registered after `logging` was imported, so it runs before
                 # logging.shutdown (atexit is last-in, first-out).
                 atexit.register(_at_exit)
-                _atexit_registered = True
-            if _generation:
+                _state.atexit_registered = True
+            if _state.generation:
                 _flush_at_worker_exit()
-        return _exporter
+        return _state.exporter
 
 
 #: Where amldbg's flush runs among multiprocessing's exit finalizers: before the others
@@ -759,11 +760,8 @@ def _flush_at_worker_exit() -> None:
     util = sys.modules.get("multiprocessing.util")
     finalize = getattr(util, "Finalize", None)
     if finalize is not None:
-        with contextlib.suppress(Exception):
+        with quietly():  # a multiprocessing that is not as expected: atexit still flushes
             finalize(None, _at_exit, exitpriority=WORKER_EXIT_PRIORITY)
-
-
-_sinks_hook_registered = False
 
 
 def _wait_for_sinks_at_exit() -> None:
@@ -775,20 +773,19 @@ def _wait_for_sinks_at_exit() -> None:
     first record would lose the exporter, so amldbg's hook, registered after it, waits for
     the sinks being built first; the wait counts against the exit grace period.
     """
-    global _sinks_hook_registered
     register = getattr(threading, "_register_atexit", None)
-    if _sinks_hook_registered or register is None:
+    if _state.sinks_hook_registered or register is None:
         return
-    with contextlib.suppress(Exception):
+    with quietly():  # threading refuses exit hooks once it shuts down: nothing to wait for
         register(_let_sinks_finish)
-        _sinks_hook_registered = True
+        _state.sinks_hook_registered = True
 
 
 def _let_sinks_finish() -> None:
-    exporter = _exporter
+    exporter = _state.exporter
     if exporter is None or exporter.pid != os.getpid():
         return
-    with contextlib.suppress(Exception):
+    with quietly():  # an exit hook must not turn a clean exit into a traceback
         exporter._exit_began = time.monotonic()
         deadline = exporter._exit_began + max(0.0, exporter.grace_period)
 
@@ -802,7 +799,7 @@ def _let_sinks_finish() -> None:
 
 def current_generation() -> int:
     """Changes in a forked child, so holders of a channel know to fetch a new one."""
-    return _generation
+    return _state.generation
 
 
 def is_export_thread(thread_ident: int | None) -> bool:
@@ -813,14 +810,13 @@ def is_export_thread(thread_ident: int | None) -> bool:
 
 def existing_exporter() -> Exporter | None:
     """The exporter if one was created in this process, else None (no thread is started)."""
-    return _exporter
+    return _state.exporter
 
 
 def _at_exit() -> None:
-    exporter = _exporter
+    exporter = _state.exporter
     if exporter is not None and exporter.pid == os.getpid():
-        # An exit hook must not turn a clean exit into a traceback.
-        with contextlib.suppress(Exception):
+        with quietly():  # an exit hook must not turn a clean exit into a traceback
             exporter.shutdown()
 
 
@@ -828,22 +824,18 @@ def _at_exit() -> None:
 #: A fork never waits for a request.
 FORK_WAIT = 0.2
 
-#: Module-level locks that the send paths take; a fork while an export thread holds one
-#: would deadlock the child, so the child gets fresh ones. (MLflow keeps one HTTP session
-#: per process id, and every other exporter object is built anew in the child.)
+#: The exporter libraries' module-level locks that the send paths take; a fork while an
+#: export thread holds one would deadlock the child, so the child gets fresh ones. (MLflow
+#: keeps one HTTP session per process id, and every other exporter object is built anew in
+#: the child.) amldbg's own locks are not listed: each is made with
+#: :mod:`amldbg.core.forksafe` where it is defined, and is free in every child.
 _SEND_PATH_LOCKS = (
     ("opencensus.ext.azure.common.transport", "_requests_lock"),
     ("opencensus.ext.azure.statsbeat.state", "_STATSBEAT_STATE_LOCK"),
     ("azure.monitor.opentelemetry.exporter.statsbeat._state", "_REQUESTS_MAP_LOCK"),
     ("azure.monitor.opentelemetry.exporter.statsbeat._state", "_STATSBEAT_STATE_LOCK"),
     ("azure.monitor.opentelemetry.exporter._utils", "_INSTRUMENTATIONS_BIT_MASK_LOCK"),
-    ("amldbg.core.announce", "_warned_lock"),
-    ("amldbg.logs.context", "_lock"),
-    ("amldbg.logs.metrics", "_lock"),
 )
-
-#: Export threads still importing when the last fork happened (see _forget_half_imports).
-_importing_at_fork: frozenset[int] = frozenset()
 
 
 def _before_fork() -> None:
@@ -853,13 +845,12 @@ def _before_fork() -> None:
     # fork waits for the import to finish, but only FORK_WAIT seconds: after that the
     # child repairs its import state (_after_fork_in_child). Requests in flight are not
     # waited for: the child replaces the locks they hold and builds its own sinks.
-    global _importing_at_fork
-    _importing_at_fork = frozenset()
-    exporter = _exporter
+    _state.importing_at_fork = frozenset()
+    exporter = _state.exporter
     if exporter is not None and exporter.building and exporter.pid == os.getpid():
-        with contextlib.suppress(Exception):
+        with quietly():  # a fork hook must never stop the fork
             if not exporter.wait_while_building(FORK_WAIT):
-                _importing_at_fork = frozenset(exporter.building)
+                _state.importing_at_fork = frozenset(exporter.building)
 
 
 def _forget_half_imports(owner: int) -> None:
@@ -877,10 +868,9 @@ def _forget_half_imports(owner: int) -> None:
     if not isinstance(locks, dict):
         return
     for name, ref in list(locks.items()):
-        try:
+        lock = None
+        with quietly():  # importlib's entry is not the weak reference expected: left alone
             lock = ref()
-        except Exception:
-            continue
         if lock is None or getattr(lock, "owner", None) != owner:
             continue
         module = sys.modules.get(name)
@@ -890,18 +880,17 @@ def _forget_half_imports(owner: int) -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _exporter, _generation, _exporter_lock
-    # The parent's threads do not exist here and their locks may be held: start afresh.
-    _generation += 1
-    _exporter = None
-    _exporter_lock = threading.Lock()
+    # The parent's threads do not exist here and their locks may be held: start afresh
+    # (forksafe has freed amldbg's own locks, _exporter_lock among them).
+    _state.generation += 1
+    _state.exporter = None
     _export_idents.clear()
     for module_name, attribute in _SEND_PATH_LOCKS:
         module = sys.modules.get(module_name)
         if module is not None and hasattr(module, attribute):
             setattr(module, attribute, threading.Lock())
-    for owner in _importing_at_fork:
-        with contextlib.suppress(Exception):
+    for owner in _state.importing_at_fork:
+        with quietly():  # a fork hook must never stop the child
             _forget_half_imports(owner)
 
 

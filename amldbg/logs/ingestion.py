@@ -173,7 +173,7 @@ def parse_track_answer(status: int, text: str | bytes | None, secret: str = "") 
             for entry in entries if isinstance(entry, dict)
         )
         return TrackAnswer(status, received, accepted, errors, True)
-    except Exception:  # RecursionError from deep nesting, odd numbers: not the service's JSON
+    except Exception:  # parsing: RecursionError from deep nesting, odd numbers: not the service's JSON
         return unreadable
 
 
@@ -228,5 +228,5 @@ def retry_after_seconds(value: str | bytes | None, now: float | None = None) -> 
             when = when.replace(tzinfo=datetime.timezone.utc)
         wait = when.timestamp() - (time.time() if now is None else now)
         return max(0.0, wait) if math.isfinite(wait) else None
-    except Exception:  # not a date: parsedate_to_datetime raises TypeError or ValueError
+    except Exception:  # parsing: not a date (parsedate_to_datetime raises TypeError or ValueError)
         return None

@@ -23,11 +23,11 @@ import math
 import os
 import posixpath
 import re
-import threading
 import time
 from typing import Any, Mapping
 
-from amldbg.core import announce, environment
+from amldbg.core import announce, environment, forksafe
+from amldbg.core.guard import guard
 from amldbg.logs import connection, driver_log, export
 from amldbg.logs import settings as log_settings
 
@@ -35,7 +35,7 @@ from amldbg.logs import settings as log_settings
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_\-. /:]+$")
 MAX_NAME_LENGTH = 250
 
-_lock = threading.Lock()
+_lock = forksafe.lock()
 # (pid, settings object) -> destination, so a fork or a configure_logging call re-decides.
 _decided: tuple[int, int, str] | None = None
 
@@ -63,7 +63,7 @@ def to_number(value: Any) -> tuple[float | None, str]:
     if hasattr(value, "item") and not isinstance(value, (int, float)):
         try:
             value = value.item()  # numpy / torch scalar; azureml would store "np.int64(3)"
-        except Exception:
+        except Exception:  # not the guard: the user's object refused; the caller warns with why
             return None, f"is not a scalar ({type(value).__name__})"
     if isinstance(value, bool):
         return float(value), ""  # MLflow refuses bools
@@ -164,7 +164,7 @@ def log_metric(name: str, value: Any, step: int | None = None) -> bool:
     written), False when it was refused (with one warning per name) or when this rank does
     not log metrics. Never raises and never blocks on the network.
     """
-    try:
+    with guard("log_metric failed", key="metrics:internal"):  # amldbg's own failure
         settings = log_settings.current()
         if not settings.all_ranks and environment.topology().rank != 0:
             return False
@@ -195,16 +195,14 @@ def log_metric(name: str, value: Any, step: int | None = None) -> bool:
         if settings.metrics_to_appinsights:
             _to_appinsights(settings, name, number, step)
         return True
-    except Exception as error:  # amldbg's own failure must not stop the script
-        _warn_once("internal", f"log_metric failed: {type(error).__name__}: {error}")
-        return False
+    return False
 
 
 def log_metrics(metrics: Mapping[str, Any], step: int | None = None) -> int:
     """Log several metrics at once (same rules as :func:`log_metric`); returns how many were accepted."""
     try:
         items = list(metrics.items())
-    except Exception as error:
+    except Exception as error:  # not the guard: the user's mapping refused, with its own wording
         _warn_once("metrics-mapping", f"log_metrics needs a mapping of name to value ({type(error).__name__})")
         return 0
     return sum(1 for name, value in items if log_metric(name, value, step))

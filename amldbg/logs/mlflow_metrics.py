@@ -29,6 +29,7 @@ import time
 from typing import Any, Callable
 
 from amldbg.core import safetext
+from amldbg.core.guard import quietly
 from amldbg.logs import export, ingestion
 
 #: MLflow's limit of metrics per ``log_batch`` request.
@@ -43,10 +44,9 @@ def caller_run_id() -> str | None:
     """The run id to log to, decided on the caller's thread without importing mlflow."""
     mlflow = sys.modules.get("mlflow")
     if mlflow is not None:
-        try:
+        active = None
+        with quietly():  # mlflow's failure: the run named by the environment, if any
             active = mlflow.active_run()
-        except Exception:
-            active = None
         if active is not None:
             return str(active.info.run_id)
     return os.environ.get("MLFLOW_RUN_ID") or None
@@ -113,7 +113,7 @@ class RestTracking:
                 self.get_host_creds(), API + endpoint, method,
                 max_retries=0, backoff_factor=0, timeout=max(0.1, timeout), **kwargs,
             )
-        except Exception as error:  # refused, timed out, name lookup: MLflow wraps them all
+        except Exception as error:  # not the guard, handed on: refused, timed out, name lookup (MLflow wraps them all)
             raise RequestFailed(_describe(error, timeout), retry=True) from None
         status = int(response.status_code)
         if status != 200:
@@ -135,14 +135,12 @@ def _rest_store(client: Any) -> Any:
     path MLflow 2 and 3 share, and any surprise means "not a REST store" (the
     ``MlflowClient`` path, which works but is not bounded per call).
     """
-    try:
+    with quietly():  # any surprise means "not a REST store"
         from mlflow.store.tracking.rest_store import RestStore
 
         store = client._tracking_client.store
-    except Exception:
-        return None
-    if isinstance(store, RestStore) and callable(getattr(store, "get_host_creds", None)):
-        return store
+        if isinstance(store, RestStore) and callable(getattr(store, "get_host_creds", None)):
+            return store
     return None
 
 
@@ -229,7 +227,7 @@ class MlflowSink(export.Sink):
             self.last_error = f"{type(error).__name__}: {safetext.safe(str(error), 200)}"
             status = error.get_http_status_code()
             return export.RETRY if status in RETRY_STATUS else export.DROP
-        except Exception as error:  # connection errors from the client path
+        except Exception as error:  # not the guard: the client path's failure is a send result
             self.last_error = f"{type(error).__name__}: {safetext.safe(str(error), 200)}"
             return export.RETRY
         return export.OK

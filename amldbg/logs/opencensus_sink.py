@@ -40,6 +40,7 @@ import logging
 import threading
 from typing import Any, Iterator
 
+from amldbg.core.guard import quietly
 from amldbg.logs import context, envelopes, export, ingestion
 from amldbg.logs.connection import ConnectionString
 
@@ -249,10 +250,9 @@ class OpenCensusSink(export.Sink):
         if fast_ok and isinstance(tags, dict):
             head = envelopes.Snapshot._make(batch[0])
             if head.exc_info is None or head.exc_info[0] is None:
-                try:
+                same = False
+                with quietly():  # the fast path's own failure: the official conversion is kept
                     same = _as_json(self._fast(batch[0], tags)) == _as_json(first)
-                except Exception:
-                    same = False
                 if not same:
                     self._fast_ok = fast_ok = False
         else:
@@ -312,11 +312,11 @@ def _read(response: Any) -> tuple[int, str, Any]:
     """Status, body and ``Retry-After`` header of a ``requests`` response, whatever it holds."""
     try:
         code = int(response.status_code)
-    except Exception:
+    except Exception:  # parsing: a response without a readable status
         code = 0
     try:
         text = response.text
-    except Exception:
+    except Exception:  # parsing: a body that cannot be decoded
         text = ""
     header = getattr(getattr(response, "headers", None), "get", None)
     retry_after = header("Retry-After") if callable(header) else None

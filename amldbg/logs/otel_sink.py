@@ -94,7 +94,7 @@ class Outcome:
             return
         try:
             text = response.text()
-        except Exception:  # an unreadable body: the status says enough
+        except Exception:  # parsing: an unreadable body; the status says enough
             text = ""
         self.answer = ingestion.parse_track_answer(status, text, self.secret)
         header = getattr(getattr(response, "headers", None), "get", None)
@@ -124,7 +124,7 @@ def _transport_class() -> Callable[..., Any]:
             outcome.requests += 1
             try:
                 response = super().send(request, **kwargs)
-            except BaseException as error:
+            except BaseException as error:  # not a catch: noted for the outcome, then raised on
                 outcome.status, outcome.error = None, error
                 raise
             outcome.note(response)

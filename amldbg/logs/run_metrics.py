@@ -64,7 +64,7 @@ class AzureMLRunSink(export.Sink):
                     self.run.log(name, value)
                 else:
                     self.run.log(name, value, step=step)
-            except Exception as error:
+            except Exception as error:  # not the guard: azureml's failure is the sink's result, per name
                 self.last_error = f"{type(error).__name__}: {error}"
                 self._warn_once("log:" + name, f"Azure ML run metrics: run.log({name!r}) failed: {self.last_error}")
         return export.OK

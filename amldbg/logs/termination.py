@@ -31,13 +31,14 @@ the parent's) and ends the same way, which covers ``Pool.terminate()``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import threading
 from typing import Any
 
-from amldbg.core import announce, forksafe, signalpipe, threads
-from amldbg.core.guard import describe
+from amldbg.core import forksafe, signalpipe, threads
+from amldbg.core.guard import guard
 from amldbg.logs import export
 
 __all__ = ["arm", "is_armed"]
@@ -46,9 +47,21 @@ __all__ = ["arm", "is_armed"]
 END_MARGIN = 1.0
 
 _lock = forksafe.lock()
-_armed = False
-_started = False
-_done = threading.Event()
+
+
+@dataclasses.dataclass
+class _State:
+    """Where this process is with SIGTERM."""
+
+    #: amldbg's handler was installed, or the script's left alone: decided once per process
+    #: (a forked child inherits the handler and the decision).
+    armed: bool = False
+    #: The flush has begun, and has ended (then the process ends).
+    started: bool = False
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+
+_state = _State()
 
 
 def arm() -> bool:
@@ -58,28 +71,24 @@ def arm() -> bool:
     done, and the next channel made in the main thread tries again. True when amldbg's
     handler is installed. Never raises.
     """
-    global _armed
     sigterm = getattr(signal, "SIGTERM", None)
-    if _armed or sigterm is None or threading.current_thread() is not threading.main_thread():
-        return _armed and _owns()
-    try:
-        with _lock:
-            if _armed:
-                return _owns()
-            _armed = True  # armed or left alone: decided once per process
-            if signal.getsignal(sigterm) is not signal.SIG_DFL:
-                return False  # the script's or a framework's: left alone
-            signal.signal(sigterm, _handler)
-            signalpipe.listen(int(sigterm), _on_pipe_signal)
-            return True
-    except Exception as error:
-        announce.warn(f"SIGTERM does not flush the logs: {describe(error)}")
-        return False
+    if _state.armed or sigterm is None or threading.current_thread() is not threading.main_thread():
+        return _state.armed and _owns()
+    with guard("SIGTERM does not flush the logs", once=False), _lock:
+        if _state.armed:
+            return _owns()
+        _state.armed = True
+        if signal.getsignal(sigterm) is not signal.SIG_DFL:
+            return False  # the script's or a framework's: left alone
+        signal.signal(sigterm, _handler)
+        signalpipe.listen(int(sigterm), _on_pipe_signal)
+        return True
+    return False
 
 
 def is_armed() -> bool:
     """True while amldbg's SIGTERM handler is the installed one."""
-    return _armed and _owns()
+    return _state.armed and _owns()
 
 
 def _owns() -> bool:
@@ -101,7 +110,7 @@ def _handler(number: int, frame: Any) -> None:
                                "amldbg-sigterm")
         return
     _begin()
-    _done.wait(_bound())
+    _state.done.wait(_bound())
     _end()
 
 
@@ -114,11 +123,10 @@ def _on_pipe_signal(number: int) -> None:
 
 def _begin() -> None:
     """Start the flush once; the thread that flushes ends the process when it is done."""
-    global _started
     with _lock:
-        if _started:
+        if _state.started:
             return
-        _started = True
+        _state.started = True
     threads.start(_flush_and_end, "amldbg-sigterm")
 
 
@@ -135,20 +143,19 @@ def _bound() -> float:
 
 def _flush_and_end() -> None:
     try:
-        exporter = _own_exporter()
-        if exporter is not None:
-            exporter.shutdown()  # bounded by the grace period; writes the loss lines
-    except Exception as error:
-        announce.warn(f"flushing the logs on SIGTERM failed: {describe(error)}")
+        with guard("flushing the logs on SIGTERM failed", once=False):
+            exporter = _own_exporter()
+            if exporter is not None:
+                exporter.shutdown()  # bounded by the grace period; writes the loss lines
     finally:
-        _done.set()
+        _state.done.set()
     _end()
 
 
 def _end() -> None:
     """End the process as SIGTERM's default action does (status: killed by SIGTERM)."""
     sigterm = signal.SIGTERM
-    try:
+    with guard("could not end the process with SIGTERM", once=False):
         if threading.current_thread() is threading.main_thread():
             signal.signal(sigterm, signal.SIG_DFL)
         else:
@@ -161,18 +168,16 @@ def _end() -> None:
             libc.signal.argtypes = (ctypes.c_int, ctypes.c_void_p)
             libc.signal(int(sigterm), None)  # SIG_DFL is the null handler
         os.kill(os.getpid(), sigterm)
-    except Exception as error:
-        announce.warn(f"could not end the process with SIGTERM: {describe(error)}")
-        if threading.current_thread() is not threading.main_thread():
-            return  # the main thread's handler ends it once it runs
-        os._exit(128 + int(sigterm))
+        return
+    if threading.current_thread() is not threading.main_thread():
+        return  # the main thread's handler ends it once it runs
+    os._exit(128 + int(sigterm))
 
 
 def _after_fork_in_child() -> None:
     # A child forked while the parent flushed must not think it is already ending.
-    global _started, _done
-    _started = False
-    _done = threading.Event()
+    _state.started = False
+    _state.done = threading.Event()
 
 
 export.when_channel_made(arm)
