@@ -67,10 +67,6 @@ REASONS: dict[str, dict[str, str]] = {
         "_uses_sys_monitoring": "pydevd's layout moved: judged by the Python version instead",
         "_watch_for_late_attach": "falls back to re-tracing one thread; the host's interpreter may be ending",
     },
-    "amldbg/debugger/on_demand.py": {
-        "arm": "each call warns, with a False result",
-        "_act": "every failed trigger warns, not only the first",
-    },
     "amldbg/debugger/postmortem.py": {
         "_stop_stall_watchdog": "the crash report and the debugger come first",
         "_client_stops_on_uncaught": "a pydevd without these internals: amldbg stops on the exception itself",
@@ -121,9 +117,7 @@ REASONS: dict[str, dict[str, str]] = {
         "debug_run": "the runtime's probe failing means no runtime",
         "_wrap_run.run_wrapper": "the user's exception: logged, then re-raised as it is",
         "_size": "len() of a user's batch: a count is an extra",
-        "_succeeded": "one warning for all calls, not per message",
         "request_ids": "no request context: the headers are tried instead",
-        "_failed": "one warning for all failures, not per message",
     },
     "amldbg/logs/driver_log.py": {
         "DriverLogHandler.emit": "RecursionError must pass (logging's contract); the rest is best effort",

@@ -34,7 +34,7 @@ import threading
 from typing import Any
 
 from amldbg.core import announce, environment, forksafe, runtime, signalpipe
-from amldbg.core.guard import describe
+from amldbg.core.guard import guard
 from amldbg.core.settings import DebugSettings
 from amldbg.diagnostics import collectives, registry, stacks
 
@@ -63,7 +63,8 @@ def arm(settings: DebugSettings, topology: environment.Topology | None = None) -
     raises: a failure is one warning line.
     """
     global _settings
-    try:
+    # Each call's failure is news (a call is rare), so every one warns.
+    with guard("on-demand triggers are off", once=False):
         if not settings.remote_debug_on_demand:
             return False
         topology = topology or environment.topology()
@@ -72,9 +73,7 @@ def arm(settings: DebugSettings, topology: environment.Topology | None = None) -
             if _installed:
                 return True
             return _arm(topology)
-    except Exception as error:  # not a guard: returns False, and each call warns
-        announce.warn(f"on-demand triggers are off: {describe(error)}")
-        return False
+    return False
 
 
 def _arm(topology: environment.Topology) -> bool:
@@ -177,7 +176,8 @@ def _handler(number: int, frame: Any) -> None:
 
 
 def _act(number: int) -> None:
-    try:
+    # Every failed trigger warns, not only the first: each is a user's request.
+    with guard("on-demand trigger failed", once=False):
         name = _signals().get(number, str(number))
         if name == "SIGUSR1":
             stacks.write_dump(
@@ -188,8 +188,6 @@ def _act(number: int) -> None:
             )
         elif name == "SIGUSR2":
             _start_debugger()
-    except Exception as error:  # not a guard: every failed trigger warns, not only the first
-        announce.warn(f"on-demand trigger failed: {describe(error)}")
 
 
 def _own_threads() -> tuple[int, ...]:

@@ -362,7 +362,8 @@ def _batch(args: tuple[Any, ...]) -> tuple[str, str]:
 
 
 def _succeeded(func: Any, elapsed: float, args: tuple[Any, ...], result: Any) -> None:
-    try:
+    # One warning for all calls (key), not one per distinct message.
+    with guard("could not log the call of run()", key="log-call"):
         options = _options_of("run", func)
         if options is None or not options.log_calls:
             return
@@ -370,8 +371,6 @@ def _succeeded(func: Any, elapsed: float, args: tuple[Any, ...], result: Any) ->
         results = _size(result) if batch else None
         counts = f" -> {results} result{'s' if results != 1 else ''}" if results is not None else ""
         _emit(logging.INFO, f"{_name(func)}(){batch}{counts} took {elapsed * 1000:.1f} ms{process}")
-    except Exception as error:  # not a guard: one warning for all calls, not per message
-        announce.warn_once("log-call", f"could not log the call of run(): {describe(error)}")
 
 
 def request_ids(request_headers: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -405,7 +404,8 @@ def request_ids(request_headers: Mapping[str, str] | None = None) -> dict[str, s
 def _failed(
     func: Any, error: BaseException, elapsed: float, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> None:
-    try:
+    # One warning for all failures (key), not one per distinct message.
+    with guard("could not log the failure of run()", key="log-failure"):
         details = [f"after {elapsed * 1000:.1f} ms"]
         headers = kwargs.get("request_headers")
         ids = request_ids(headers if isinstance(headers, Mapping) else None)
@@ -421,8 +421,6 @@ def _failed(
             logging.ERROR,
             f"{_name(func)}(){batch} failed ({', '.join(details)}):\n{text.rstrip()}",
         )
-    except Exception as own:  # not a guard: one warning for all failures, not per message
-        announce.warn_once("log-failure", f"could not log the failure of run(): {describe(own)}")
     _post_mortem(error)
 
 
