@@ -1,8 +1,9 @@
 """What every benchmark shares: the environment its children get, the ``--quick`` switch, the
 one statistic the figures use (interleaved rounds, median of per-round ratios, spread), the
-rows of run_all.py's table, and the fake services (tests/logs/*_server.py run as programs).
+rows of run_all.py's table, and the fake services (harness/*_server.py run as programs).
 
-A benchmark imports amldbg and this module, never the test suite: ``figures(quick)`` in each
+A benchmark imports amldbg, this module and ``harness`` (the helpers that drive real parts,
+shared with the tests), never the test suite: ``figures(quick)`` in each
 ``bench_*.py`` runs all its measurements, prints them, and returns its rows of the table.
 
 Why not pyperf: every figure here is a *ratio between two configurations measured side by
@@ -32,6 +33,11 @@ from typing import Callable, Iterator, Sequence, Tuple
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = Path(__file__).resolve().parent
 PY = sys.executable
+
+# A benchmark is started as ``python benchmarks/NAME.py`` (run_all.py, or alone), which puts
+# only benchmarks/ on the path; ``harness`` lies at the checkout's root.
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 #: One row of run_all.py's table: (figure, measured, goal, "met" / "NOT met" / "").
 Row = Tuple[str, str, str, str]
@@ -64,12 +70,12 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def fake_service(name: str, *args: str) -> Iterator[list[str]]:
-    """The fake service ``tests/logs/<name>.py`` (the tests' ingestion or MLflow server) run
-    as a separate process, so that it does not share the measured GIL; yields the words of
-    the line it starts with (``PORT <n> ...``). It is run as a program, never imported."""
-    script = ROOT / "tests" / "logs" / f"{name}.py"
-    proc = subprocess.Popen([PY, str(script), *args], stdout=subprocess.PIPE, text=True,
-                            env=child_env())
+    """The fake service ``harness/<name>.py`` (the ingestion or MLflow server the tests use
+    too) run as a separate process, so that it does not share the measured GIL; yields the
+    words of the line it starts with (``PORT <n> ...``). It is run as a program, never
+    imported."""
+    proc = subprocess.Popen([PY, "-m", f"harness.{name}", *args], stdout=subprocess.PIPE,
+                            text=True, env=child_env(), cwd=ROOT)
     try:
         assert proc.stdout is not None
         yield proc.stdout.readline().split()

@@ -8,7 +8,7 @@ records of ``fork`` pool workers arrive (next to the same pool started with ``sp
 
 Run: python benchmarks/bench_logs.py [--quick]   (needs opencensus-ext-azure and
 azure-monitor-opentelemetry-exporter; talks only to 127.0.0.1: the ingestion server is
-tests/logs/ingestion_server.py, run as a program in a process of its own).
+harness/ingestion_server.py, run as a program in a process of its own).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ never answers).
 
 Azure ML v2 jobs set ``MLFLOW_TRACKING_URI``, and azureml-mlflow answers each call in about
 0.7 s (it ignores MLflow's async logging). The tracking server here is
-tests/logs/mlflow_server.py in a separate process on 127.0.0.1, answering every request after
+harness/mlflow_server.py in a separate process on 127.0.0.1, answering every request after
 ``--delay`` seconds (0.7 by default) with MLflow's REST API.
 
 Each configuration runs a training-like loop in its own process: a step of pure-Python work,

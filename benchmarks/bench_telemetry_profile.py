@@ -7,7 +7,7 @@ counts, not the absolute times, which cProfile inflates):
   /dev/null plus Application Insights), the export thread running meanwhile;
 * **export**: the sink's ``send`` for batches of 512 queued records, run on this thread so
   it can be profiled: building the records/envelopes, serialising and posting them to the
-  ingestion server (tests/logs/ingestion_server.py, a separate process on 127.0.0.1).
+  ingestion server (harness/ingestion_server.py, a separate process on 127.0.0.1).
 
 It also prints the un-profiled per-record figures (microseconds of the caller's call, and of
 the export thread's work per record), the ones to compare before and after a change.

@@ -1,7 +1,7 @@
 """The debugger's figures on each Python version amldbg claims with sys.monitoring or not: 3.11
 (pydevd traces with ``sys.settrace``) beside 3.12 and 3.13 (pydevd uses ``sys.monitoring``).
 
-Per version, each run in that version's venv (tests/venvs.py: ``.venvs/py3.12`` and
+Per version, each run in that version's venv (harness/venvs.py: ``.venvs/py3.12`` and
 ``.venvs/py3.13``, built when missing; 3.11 is this interpreter), as ratios against a process
 that never enabled debugging measured in the same run (interleaved rounds, the median of
 per-round ratios and their range; 1.0 = full speed):
@@ -34,19 +34,18 @@ from typing import Any
 
 from _common import ROOT, Ratio, Row, child_env, goal_text, interleaved, ratio, run_alone
 
+from harness.dap_client import DAPClient
+from harness.debug_adapters import reap_debug_adapters
+from harness.venvs import matrix_venv, python_of
+
 HERE = Path(__file__).resolve().parent
 VERSIONS = ("3.11", "3.12", "3.13")
-TESTS = ROOT / "tests"
 
 
 def python_for(version: str) -> str:
     """This interpreter for its own version, else the version matrix's venv (built if need be)."""
     if f"{sys.version_info[0]}.{sys.version_info[1]}" == version:
         return sys.executable
-    if str(TESTS) not in sys.path:
-        sys.path.insert(0, str(TESTS))
-    from venvs import matrix_venv, python_of
-
     return str(python_of(matrix_venv(version)))
 
 
@@ -160,29 +159,13 @@ class Child:
         self._reader.join(10)
 
 
-def _client() -> Any:
-    if str(TESTS) not in sys.path:
-        sys.path.insert(0, str(TESTS))
-    from dap_client import DAPClient
-
-    return DAPClient
-
-
-def _reap_adapter(port: int) -> None:
-    if str(TESTS) not in sys.path:
-        sys.path.insert(0, str(TESTS))
-    from processes import reap_debug_adapters
-
-    reap_debug_adapters([port])
-
-
 def _speed_child(python: str, mode: str, n: int, repeat: int) -> dict[str, float]:
     with Child([python, "-c", SPEED, mode, str(n), str(repeat)]) as child:
         port = 0
         try:
             if mode == "attached":
                 port = int(child.line("port: "))
-                client = _client().connect("127.0.0.1", port)
+                client = DAPClient.connect("127.0.0.1", port)
                 try:
                     client.attach()
                     result: dict[str, float] = json.loads(child.line("RESULT ", timeout=600))
@@ -193,7 +176,7 @@ def _speed_child(python: str, mode: str, n: int, repeat: int) -> dict[str, float
             child.proc.wait(60)
         finally:
             if port:
-                _reap_adapter(port)
+                reap_debug_adapters([port])
     return result
 
 
@@ -282,7 +265,7 @@ def late_attach(python: str, quick: bool, script_dir: Path) -> dict[str, float |
         port = int(child.line("port: "))
         try:
             child.line("threads started")
-            client = _client().connect("127.0.0.1", port)
+            client = DAPClient.connect("127.0.0.1", port)
             try:
                 client.attach(breakpoints={str(script): sorted(lines)})
                 attached = time.monotonic()
@@ -304,7 +287,7 @@ def late_attach(python: str, quick: bool, script_dir: Path) -> dict[str, float |
         finally:
             child.proc.kill()
             child.proc.wait(30)
-            _reap_adapter(port)
+            reap_debug_adapters([port])
     return stops
 
 

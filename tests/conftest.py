@@ -6,7 +6,7 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Generator, Iterator
 
 # The Azure exporters otherwise phone Microsoft's statsbeat endpoint and the cloud metadata
 # address; subprocesses inherit this environment.
@@ -26,6 +26,18 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 import pytest  # noqa: E402
+
+from harness.venvs import VenvError  # noqa: E402
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
+    """A venv that cannot be built (:class:`harness.venvs.VenvError`) fails its test with the
+    reason alone, as ``pytest.fail(reason, pytrace=False)`` does: a traceback adds nothing."""
+    outcome = yield
+    report = outcome.get_result()
+    if call.excinfo is not None and call.excinfo.errisinstance(VenvError):
+        report.longrepr = str(call.excinfo.value)
 
 
 @pytest.fixture(autouse=True)

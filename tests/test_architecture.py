@@ -4,7 +4,8 @@
 * ``amldbg.core`` imports nothing of amldbg outside the core;
 * ``amldbg.debugger`` and ``amldbg.logs`` never import each other;
 * ``amldbg.diagnostics`` imports only the core (the debugger may use it);
-* ``amldbg.cli`` (the developer's command) is imported by nothing in the runtime.
+* ``amldbg.cli`` (the developer's command) is imported by nothing in the runtime;
+* amldbg never imports ``harness`` (the tests' and benchmarks' helpers), tests or benchmarks.
 
 ``amldbg/__init__.py`` re-exports names lazily through a table of module names; that table
 is checked against the same rules.
@@ -102,6 +103,25 @@ def test_each_module_imports_only_what_its_part_may(name: str) -> None:
         assert part(target) in allowed, f"{name} imports {target}"
         if part(target) == "cli":
             assert part(name) == "cli" or name == "amldbg.__main__", f"{name} imports the CLI"
+
+
+#: The checkout's folders beside the package: helpers of the tests and benchmarks, never
+#: shipped, so the package must not import them (not even inside a function).
+NOT_SHIPPED = ("harness", "tests", "benchmarks")
+
+
+@pytest.mark.parametrize("name", sorted(modules()))
+def test_the_package_never_imports_the_harness_tests_or_benchmarks(name: str) -> None:
+    path = modules()[name]
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            tops = [alias.name.split(".")[0] for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            tops = [(node.module or "").split(".")[0]]
+        else:
+            continue
+        for top in tops:
+            assert top not in NOT_SHIPPED, f"{name} imports {top} (line {node.lineno})"
 
 
 def test_there_are_no_import_cycles() -> None:

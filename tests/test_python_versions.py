@@ -1,5 +1,5 @@
 """Every Python version amldbg claims, tested: the full suite runs on 3.11 (this run); each other
-claimed version runs, in a venv of its own (tests/venvs.py), the tests that depend on the
+claimed version runs, in a venv of its own (harness/venvs.py), the tests that depend on the
 interpreter, as a real ``python -m pytest`` of that version.
 
 What runs there: remote debugging with the real DAP client (listen, reverse connect,
@@ -26,15 +26,15 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from venvs import build_seconds, interpreter, matrix_venv, python_of
 
+from harness.venvs import build_seconds, interpreter, matrix_venv, python_of
 from processes import ROOT, child_env
 
 #: The versions amldbg claims besides 3.11 (setup.cfg's classifiers say the same).
 VERSIONS = ("3.10", "3.12", "3.13")
 CLAIMED = ("3.10", "3.11", "3.12", "3.13")
 
-# Each version's venv (tests/venvs.py's MATRIX_REQUIREMENTS) installs amldbg with the extras
+# Each version's venv (harness/venvs.py's MATRIX_REQUIREMENTS) installs amldbg with the extras
 # these tests drive (debug, appinsights, otel, mlflow, cli) and pytest. Not ``aml``
 # (azureml-core: none of these tests drives it), not mpich (its one test sits in a module that
 # imports torch), never torch (see NOT_THERE).

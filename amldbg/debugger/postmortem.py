@@ -82,7 +82,8 @@ def enable_post_mortem(args: Any = None, **overrides: Any) -> bool:
     rank is not selected by ``--remote_debug_ranks`` or the settings are invalid (one warning
     line). Nothing is started until an exception is uncaught.
     """
-    with guard("post-mortem debugging is off"):
+    # Each call warns (once=False): a scoring server may arm per request, as before the chain.
+    with guard("post-mortem debugging is off", once=False):
         settings = settings_module.resolve_settings(args, post_mortem=True, **overrides)
         topology = environment.topology()
         settings_module.remember(settings)
@@ -259,7 +260,7 @@ def post_mortem(exc: BaseException | None = None, args: Any = None, **overrides:
     a client was shown the exception. Never raises; an exception already shown (by this
     function or the post-mortem hooks) is not shown again.
     """
-    with guard("post-mortem debugging failed"):
+    with guard("post-mortem debugging failed", once=False):
         if exc is None:
             exc = sys.exc_info()[1]
         if exc is None:

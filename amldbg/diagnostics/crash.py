@@ -82,6 +82,9 @@ class _Chain:
         self.watching_child_exit = False
         self.previous_excepthook: Callable[..., Any] | None = None
         self.previous_threading_excepthook: Callable[..., Any] | None = None
+        # The hooks of amldbg's in sys.excepthook / threading.excepthook: the first pair and
+        # any layer put on top of a script's own hook (see _back_on_top).
+        self.own_hooks: list[Callable[..., Any]] = []
         # Read by the hooks without the lock (a crash waits for nothing): replaced whole.
         self.handlers: tuple[Handler, ...] = ()
         # By identity: a marker attribute on the exception would run its class's __setattr__.
@@ -103,6 +106,7 @@ def install(*, watch_child_exit: bool = False) -> None:
             _chain.previous_threading_excepthook = threading.excepthook
             sys.excepthook = _excepthook
             threading.excepthook = _threading_excepthook
+            _chain.own_hooks += [_excepthook, _threading_excepthook]
             _chain.hooks_installed = True
         if watch_child_exit and not _chain.watching_child_exit:
             _chain.watching_child_exit = True
@@ -116,7 +120,27 @@ def add_handler(handler: Handler) -> bool:
         if handler in _chain.handlers:
             return False
         _chain.handlers = (*_chain.handlers, handler)
+        if _chain.hooks_installed:
+            _back_on_top()
         return True
+
+
+def _back_on_top() -> None:
+    """When the script replaced amldbg's hooks since they went in, put a layer of amldbg's on
+    top of the script's, so a handler added now (post-mortem armed late) still runs, as asked.
+
+    The script's hook stays below and runs after amldbg's steps; if it calls amldbg's first
+    hook in turn, the steps meet each exception again, and the report and the debugger are
+    still each given once per exception (:func:`first_time`).
+    """
+    if sys.excepthook not in _chain.own_hooks:
+        below = sys.excepthook
+        sys.excepthook = _main_hook(lambda: below)
+        _chain.own_hooks.append(sys.excepthook)
+    if threading.excepthook not in _chain.own_hooks:
+        threading_below = threading.excepthook
+        threading.excepthook = _thread_hook(lambda: threading_below)
+        _chain.own_hooks.append(threading.excepthook)
 
 
 def is_crash(exc_type: type[BaseException]) -> bool:
@@ -124,22 +148,35 @@ def is_crash(exc_type: type[BaseException]) -> bool:
     return not issubclass(exc_type, (KeyboardInterrupt, SystemExit))
 
 
-def _excepthook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
-    try:
-        _handle(exc_type, exc, tb, MAIN_THREAD)
-    finally:
-        previous = _chain.previous_excepthook or sys.__excepthook__
-        previous(exc_type, exc, tb)
+def _main_hook(below: Callable[[], Callable[..., Any] | None]) -> Callable[..., None]:
+    """A ``sys.excepthook``: the steps, then the hook ``below()`` names."""
+
+    def excepthook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        try:
+            _handle(exc_type, exc, tb, MAIN_THREAD)
+        finally:
+            (below() or sys.__excepthook__)(exc_type, exc, tb)
+
+    return excepthook
 
 
-def _threading_excepthook(hook_args: Any) -> None:
-    try:
-        if hook_args.exc_value is not None:
-            where = f"thread {stacks.thread_name(hook_args.thread)!r}"
-            _handle(hook_args.exc_type, hook_args.exc_value, hook_args.exc_traceback, where)
-    finally:
-        previous = _chain.previous_threading_excepthook or threading.__excepthook__
-        previous(hook_args)
+def _thread_hook(below: Callable[[], Callable[..., Any] | None]) -> Callable[..., None]:
+    """A ``threading.excepthook``: the steps, then the hook ``below()`` names."""
+
+    def threading_excepthook(hook_args: Any) -> None:
+        try:
+            if hook_args.exc_value is not None:
+                where = f"thread {stacks.thread_name(hook_args.thread)!r}"
+                _handle(hook_args.exc_type, hook_args.exc_value, hook_args.exc_traceback, where)
+        finally:
+            (below() or threading.__excepthook__)(hook_args)
+
+    return threading_excepthook
+
+
+# The first pair, installed by install(): they read what they chain to at call time.
+_excepthook = _main_hook(lambda: _chain.previous_excepthook)
+_threading_excepthook = _thread_hook(lambda: _chain.previous_threading_excepthook)
 
 
 def _handle(

@@ -30,7 +30,7 @@ import time
 import traceback
 from typing import Any, Callable, Mapping, TypeVar, overload
 
-from amldbg.core import announce, environment, runtime
+from amldbg.core import announce, runtime
 from amldbg.core import settings as settings_module
 from amldbg.core.guard import describe, guard
 from amldbg.hooks import parallel
@@ -244,6 +244,10 @@ def _start_debugging(options: _InitOptions, env: Mapping[str, str]) -> Any:
         who = f"parallel job process {index} (pid {os.getpid()})"
 
     base = settings.port
+    # Imported here: core.environment brings socket and selectors, which init() without
+    # debugging never needs.
+    from amldbg.core import environment
+
     port = environment.debug_port(base, offset)
     if port != base:
         settings = dataclasses.replace(settings, remote_debug_port=port)

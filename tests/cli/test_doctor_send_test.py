@@ -16,13 +16,10 @@ from typing import Any
 
 import pytest
 
+from harness.ingestion_server import IngestionServer, properties, refused_endpoint
 from processes import ROOT, child_env
 
 LOGS = ROOT / "tests" / "logs"
-if str(LOGS) not in sys.path:
-    sys.path.insert(0, str(LOGS))
-
-from ingestion_server import IngestionServer, properties, refused_endpoint  # noqa: E402
 
 BACKENDS = ("opencensus", "otel")
 # What the real ingestion service answers for a key it does not know (errors[].message).

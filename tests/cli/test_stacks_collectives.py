@@ -21,6 +21,7 @@ import pytest
 
 from amldbg.cli import collectives, stacks
 from amldbg.diagnostics.stacks import summary_line
+from harness.stack_dumps import write_job
 from processes import ROOT, child_env, run_amldbg
 
 LIB = "/usr/lib/python3.11/site-packages/torch/distributed/distributed_c10d.py"
@@ -585,12 +586,7 @@ def test_verdict_on_records_directly() -> None:
 
 def test_the_benchmark_job_is_shaped_like_the_schema(tmp_path: Path) -> None:
     # The 4,096-rank benchmark's files, at 16 ranks: the same verdict as the real shape.
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import bench_stacks_scale
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    expect = bench_stacks_scale.write_job(tmp_path, 16)
+    expect = write_job(tmp_path, 16)
     lines, result = report(tmp_path)
     assert lines[:2] == [
         f"collective #{expect['seq']} all_reduce [[4096, 1024]] float in default_pg: rank {expect['stuck']} "

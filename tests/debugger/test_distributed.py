@@ -17,7 +17,7 @@ import pytest
 import torch.distributed  # noqa: F401
 
 from conftest import free_port
-from dap_client import DAPClient, DAPError
+from harness.dap_client import DAPClient, DAPError
 from processes import SAMPLES, RunningGroup, child_env, port_free
 
 pytestmark = pytest.mark.slow

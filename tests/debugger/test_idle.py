@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from dap_client import DAPClient, DAPError
-from processes import Running, announced_port, child_env, line_of, reap_debug_adapters
+from harness.dap_client import DAPClient, DAPError
+from harness.debug_adapters import reap_debug_adapters
+from processes import Running, announced_port, child_env, line_of
 
 MONITORING = sys.version_info >= (3, 12)
 #: For the tests of what pydevd's trace functions do (Python <= 3.11).

@@ -11,8 +11,9 @@ import signal
 import textwrap
 from pathlib import Path
 
-from dap_client import DAPClient
-from processes import Running, announced_port, line_of, reap_debug_adapters
+from harness.dap_client import DAPClient
+from harness.debug_adapters import reap_debug_adapters
+from processes import Running, announced_port, line_of
 
 
 def write(tmp_path: Path, body: str) -> str:

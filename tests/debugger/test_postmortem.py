@@ -8,7 +8,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from dap_client import DAPClient
+from harness.dap_client import DAPClient
 from processes import Running, announced_port, child_env, line_of
 
 LOOPBACK = {"AMLDBG_REMOTE_DEBUG_LISTEN_HOST": "127.0.0.1", "AMLDBG_REMOTE_DEBUG_PORT": "0"}

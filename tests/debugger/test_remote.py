@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port
-from dap_client import DAPClient, listening_adapter
+from harness.dap_client import DAPClient, listening_adapter
 from processes import SAMPLES, Running, announced_port, child_env, line_of
 
 TRAIN = str(SAMPLES / "train.py")

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from conftest import free_port
-from dap_client import DAPClient
-from processes import Running, child_env, dumps, line_of, reap_debug_adapters
+from harness.dap_client import DAPClient
+from harness.debug_adapters import reap_debug_adapters
+from processes import Running, child_env, dumps, line_of
 
 STALL_TIMEOUT = 1
 #: Seconds after the script blocks by which its stall report must have come.

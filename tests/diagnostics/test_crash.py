@@ -195,3 +195,17 @@ def test_post_mortem_plugs_into_the_one_chain_and_the_report_comes_before_the_de
     assert crash_line < uncaught < traceback < lines.index("ValueError: bad batch")
     assert run.output.count("post-mortem debugging is armed") == 1
     assert len(list((tmp_path / "reports").glob("crash-rank0-pid*.json"))) == 1
+
+
+def test_a_handler_added_after_the_script_replaced_the_hooks_still_runs(
+    calls: list[tuple[Any, ...]], tmp_path: Path
+) -> None:
+    # Crash reports armed first (a rank that does not debug), then the script's own hook that
+    # does not chain, then post-mortem armed late: post-mortem and the report still happen,
+    # and the script's hook still runs after them.
+    crash.install()
+    sys.excepthook = lambda exc_type, exc, tb: calls.append(("script's hook", exc))
+    assert crash.add_handler(crash.Handler("late failed", after_report=recording(calls, "late")))
+    info = raised(ValueError("late"))
+    sys.excepthook(*info)
+    assert [c[0] for c in calls] == ["late", "script's hook"] and len(reports(tmp_path)) == 1

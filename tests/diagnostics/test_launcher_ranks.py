@@ -27,12 +27,12 @@ import pytest
 
 from amldbg.core import environment
 from conftest import free_port
+from harness.debug_adapters import reap_debug_adapters
 from processes import (
     ROOT,
     RunningGroup,
     child_env,
     debug_base_port,
-    reap_debug_adapters,
     run_amldbg,
 )
 

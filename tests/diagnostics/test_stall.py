@@ -141,8 +141,8 @@ def test_off_by_default_and_for_bad_values(tmp_path: Path) -> None:
 
 
 def test_no_report_while_waiting_for_a_client_or_stopped_at_a_breakpoint(tmp_path: Path) -> None:
-    from dap_client import DAPClient
-    from processes import reap_debug_adapters
+    from harness.dap_client import DAPClient
+    from harness.debug_adapters import reap_debug_adapters
 
     job = script(tmp_path, """
         import argparse, time, amldbg

@@ -22,7 +22,8 @@ import pytest
 import torch.distributed  # noqa: F401
 
 from conftest import free_port
-from processes import ROOT, SAMPLES, RunningGroup, child_env, debug_base_port, reap_debug_adapters
+from harness.debug_adapters import reap_debug_adapters
+from processes import ROOT, SAMPLES, RunningGroup, child_env, debug_base_port
 from processes import dumps_after_any_prefix as dumps  # the ranks share one stdout
 
 pytestmark = pytest.mark.slow

@@ -23,8 +23,9 @@ import pandas as pd
 import pytest
 
 from conftest import free_port
-from dap_client import DAPClient
-from processes import SAMPLES, Running, child_env, reap_debug_adapters
+from harness.dap_client import DAPClient
+from harness.debug_adapters import reap_debug_adapters
+from processes import SAMPLES, Running, child_env
 
 ENTRY = str(SAMPLES / "parallel_entry.py")
 DRIVER = str(SAMPLES / "parallel_driver.py")

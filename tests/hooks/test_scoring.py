@@ -25,8 +25,9 @@ from typing import Any
 import pytest
 
 from conftest import free_port
-from dap_client import DAPClient, listening_adapter
-from processes import SAMPLES, Running, child_env, reap_debug_adapters
+from harness.dap_client import DAPClient, listening_adapter
+from harness.debug_adapters import reap_debug_adapters
+from processes import SAMPLES, Running, child_env
 
 pytestmark = pytest.mark.slow
 

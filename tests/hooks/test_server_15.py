@@ -16,7 +16,7 @@ suites there with pytest:
   seen from inside the worker, attach in ``run()`` with the server's telemetry on).
 
 Each suite passes only when every one of its tests passed: a skipped, failed or erroring
-test inside fails it here, and so does a venv that cannot be built (tests/venvs.py). The
+test inside fails it here, and so does a venv that cannot be built (harness/venvs.py). The
 parallel entry-script hook does not apply to the inference server (its process selection is
 for ParallelRunStep workers; a server's gunicorn workers each listen on base port + worker
 index, which test_scoring.py checks): tests/hooks/test_parallel.py covers it, independent
@@ -31,8 +31,8 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 import pytest
-import venvs
 
+from harness import venvs
 from processes import ROOT, child_env
 
 pytestmark = pytest.mark.slow

@@ -16,8 +16,16 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from ingestion_server import IngestionServer, base_data, kind, message, properties, refused_endpoint
 from logs_support import start_child, write_child
+
+from harness.ingestion_server import (
+    IngestionServer,
+    base_data,
+    kind,
+    message,
+    properties,
+    refused_endpoint,
+)
 
 BACKENDS = ["opencensus", "otel"]
 

@@ -31,9 +31,10 @@ from pathlib import Path
 from typing import Iterable
 
 import pytest
-from ingestion_server import IngestionServer, message
 from logs_support import start_child, start_group, write_child
-from mlflow_server import MlflowServer
+
+from harness.ingestion_server import IngestionServer, message
+from harness.mlflow_server import MlflowServer
 
 BACKENDS = ["opencensus", "otel"]
 #: Records of a burst that SIGTERM interrupts.

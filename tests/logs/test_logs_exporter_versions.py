@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from ingestion_server import IngestionServer, base_data, kind, message, properties
 from logs_support import CHILD_HEADER, HERE
 
+from harness.ingestion_server import IngestionServer, base_data, kind, message, properties
 from processes import ROOT, child_env
 
 pytestmark = pytest.mark.slow

@@ -9,11 +9,11 @@ from typing import Iterator
 
 import numpy as np
 import pytest
-from ingestion_server import IngestionServer, message, properties
 from logs_support import start_child, write_child
 
 from amldbg.logs import configure_logging, log_metric, log_metrics, metrics
 from amldbg.logs import settings as log_settings
+from harness.ingestion_server import IngestionServer, message, properties
 
 
 @pytest.fixture(autouse=True)

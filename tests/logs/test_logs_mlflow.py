@@ -1,4 +1,4 @@
-"""MLflow metrics against a REST tracking server on loopback (tests/logs/mlflow_server.py).
+"""MLflow metrics against a REST tracking server on loopback (harness/mlflow_server.py).
 
 The server speaks MLflow's REST API and can be slow, fail with 500 or never answer; the
 scripts are real processes running the real MLflow client and amldbg. What is checked is
@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ingestion_server import IngestionServer, message
 from logs_support import start_child, start_group, write_child
-from mlflow_server import MlflowServer
+
+from harness.ingestion_server import IngestionServer, message
+from harness.mlflow_server import MlflowServer
 
 #: Waits until the server has seen ``count`` metric requests (so one is in flight).
 WAIT_FOR_REQUEST = """

@@ -20,9 +20,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from ingestion_server import IngestionServer, message
 from logs_support import start_child, write_child
-from mlflow_server import MlflowServer
+
+from harness.ingestion_server import IngestionServer, message
+from harness.mlflow_server import MlflowServer
 
 #: What the service says of each refused item here: hostile on purpose (the key, which must
 #: be masked, and a terminal escape, which must stay text).

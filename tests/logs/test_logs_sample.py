@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from ingestion_server import IngestionServer, kind, message
 from logs_support import start_child
+
+from harness.ingestion_server import IngestionServer, kind, message
 
 SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "logging_demo.py"
 

@@ -37,14 +37,14 @@ for _path in (HOOKS, LOGS):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from ingestion_server import IngestionServer, kind, message, properties  # noqa: E402
 from logs_support import start_child, write_child  # noqa: E402
 from packaging.requirements import Requirement  # noqa: E402
 from packaging.version import Version  # noqa: E402
 from test_scoring import READY, SERVER, Server, post  # noqa: E402
 
 from conftest import free_port  # noqa: E402
-from dap_client import DAPClient  # noqa: E402
+from harness.dap_client import DAPClient  # noqa: E402
+from harness.ingestion_server import IngestionServer, kind, message, properties  # noqa: E402
 from processes import ROOT, SAMPLES, child_env  # noqa: E402
 
 pytestmark = pytest.mark.slow

@@ -1,6 +1,6 @@
-"""The part every fake service of the tests shares: an HTTP server on 127.0.0.1 run on a
-daemon thread, used as a context manager, answering JSON (:mod:`ingestion_server`,
-:mod:`mlflow_server`), and the same server run as a program for the benchmarks."""
+"""The part every fake service shares: an HTTP server on 127.0.0.1 run on a daemon thread,
+used as a context manager, answering JSON (:mod:`harness.ingestion_server`,
+:mod:`harness.mlflow_server`), and the same server run as a program for the benchmarks."""
 
 from __future__ import annotations
 

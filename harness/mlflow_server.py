@@ -21,8 +21,9 @@ tracking server does:
   ``fail_first=-1`` (they always fail); ``retry_after="1"`` (seconds or an HTTP date) is
   sent as ``Retry-After`` with those answers (``fail_status=429``: a throttling server).
 
-Run it as a program for the benchmarks (``python mlflow_server.py --delay 0.7``): it prints
-``PORT <n>`` and serves ``GET /stats`` (``{"metrics": n, "requests": n}``).
+Run it as a program for the benchmarks (``python -m harness.mlflow_server --delay 0.7``,
+from the repository's root): it prints ``PORT <n>`` and serves ``GET /stats``
+(``{"metrics": n, "requests": n}``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,12 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from loopback_server import JsonHandler, LoopbackServer, program_options, serve_until_interrupted
+from harness.loopback_server import (
+    JsonHandler,
+    LoopbackServer,
+    program_options,
+    serve_until_interrupted,
+)
 
 PREFIX = "/api/2.0/mlflow/"
 METRIC_ENDPOINTS = ("runs/log-batch", "runs/log-metric")

@@ -16,8 +16,9 @@ envelopes (or newline-delimited JSON, possibly gzip-compressed), the answer
 
 and :func:`refused_endpoint` gives a connection string whose port nobody listens on.
 
-Run it as a program for the benchmarks (``python ingestion_server.py [--delay S] [--hang]``):
-it prints ``PORT <n>`` and serves ``GET /stats`` (``{"envelopes": n, "requests": n}``).
+Run it as a program for the benchmarks (``python -m harness.ingestion_server [--delay S]
+[--hang]``, from the repository's root): it prints ``PORT <n>`` and serves ``GET /stats``
+(``{"envelopes": n, "requests": n}``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,12 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from loopback_server import JsonHandler, LoopbackServer, program_options, serve_until_interrupted
+from harness.loopback_server import (
+    JsonHandler,
+    LoopbackServer,
+    program_options,
+    serve_until_interrupted,
+)
 
 
 class IngestionServer(LoopbackServer):

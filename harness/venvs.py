@@ -4,8 +4,9 @@
 interpreter ``python`` with ``pip install <requirements>`` done in it. A stamp file inside the
 venv records a hash of the interpreter, the requirement specs and setup.cfg; a later call whose
 hash is the same reuses the venv as it is, any other rebuilds it from nothing (a clean clone,
-as CI has, builds every venv fresh). A missing interpreter or a failed install fails the
-calling test with the reason (never a skip): a version amldbg claims must be tested.
+as CI has, builds every venv fresh). A missing interpreter or a failed install raises
+:class:`VenvError` with the reason; the tests' conftest.py reports it as a plain failure of the
+calling test (never a skip): a version amldbg claims must be tested.
 
 Interpreters other than 3.11 are forbidden torch (a pip constraint): only a CPU build for 3.11
 lies on this machine's disk, and on any other interpreter pip would download a multi-GB CUDA
@@ -26,8 +27,6 @@ import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 VENVS = ROOT / ".venvs"
 PYENV = Path(os.environ.get("PYENV_ROOT", "/root/.pyenv")) / "versions"
@@ -38,12 +37,18 @@ BUILDER_VERSION = 1
 INSTALL_TIMEOUT = 1800.0
 
 
+class VenvError(RuntimeError):
+    """An interpreter is missing or does not run, or a venv could not be built; the message
+    says which and why (the last lines of the build's log)."""
+
+
 def interpreter(version: str) -> str:
     """The path of the interpreter for ``version`` ("3.12" or "3.12.1"), or ``version`` itself
-    when it is already a path. Fails the test when no such interpreter is on this machine."""
+    when it is already a path. Raises :class:`VenvError` when no such interpreter is on this
+    machine."""
     if os.sep in version:
         if not Path(version).is_file():
-            pytest.fail(f"interpreter {version} does not exist on this machine", pytrace=False)
+            raise VenvError(f"interpreter {version} does not exist on this machine")
         return version
     candidates = sorted(
         (p for p in PYENV.glob(f"{version}*/bin/python") if p.parent.parent.name.split(".")[:len(
@@ -55,10 +60,9 @@ def interpreter(version: str) -> str:
     found = shutil.which(f"python{version}")
     if found:
         return found
-    pytest.fail(
+    raise VenvError(
         f"no Python {version} on this machine (looked in {PYENV} and PATH): amldbg claims "
-        f"{version}, so CI needs it (pyenv install {version})",
-        pytrace=False,
+        f"{version}, so CI needs it (pyenv install {version})"
     )
 
 
@@ -87,9 +91,9 @@ def _version_of(python: str) -> str:
             stdin=subprocess.DEVNULL,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        pytest.fail(f"interpreter {python} does not run: {exc}", pytrace=False)
+        raise VenvError(f"interpreter {python} does not run: {exc}") from exc
     if done.returncode != 0:
-        pytest.fail(f"interpreter {python} does not run:\n{done.stderr}", pytrace=False)
+        raise VenvError(f"interpreter {python} does not run:\n{done.stderr}")
     return done.stdout.strip()
 
 
@@ -129,7 +133,7 @@ def _run(argv: list[str], log: Path, what: str, timeout: float) -> None:
             code = f"timeout after {timeout:.0f} s"
     if code != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-40:])
-        pytest.fail(f"{what} failed ({code}); the last lines of {log}:\n{tail}", pytrace=False)
+        raise VenvError(f"{what} failed ({code}); the last lines of {log}:\n{tail}")
 
 
 def venv_for(python: str, requirements: Sequence[str], name: str) -> Path:

@@ -1,4 +1,4 @@
-"""A small Debug Adapter Protocol client, playing VS Code's part in the tests.
+"""A small Debug Adapter Protocol client, playing VS Code's part in the tests and benchmarks.
 
 It speaks DAP (Content-Length framed JSON) to debugpy's real adapter, either over TCP (the
 script listens, VS Code attaches with ``connect``) or over the stdin/stdout of an adapter
