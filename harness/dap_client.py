@@ -85,7 +85,7 @@ class DAPClient:
             if not chunk:
                 return None
             body += chunk
-        return json.loads(body.decode("utf-8"))  # type: ignore[no-any-return]
+        return json.loads(body.decode("utf-8"))
 
     def _read_loop(self) -> None:
         try:
@@ -216,12 +216,12 @@ class DAPClient:
 
     def wait_for_stop(self, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
         """Wait for a ``stopped`` event and return its body."""
-        return self.wait_for_event("stopped", timeout)["body"]  # type: ignore[no-any-return]
+        return self.wait_for_event("stopped", timeout)["body"]
 
     def top_frame(self, thread_id: int) -> dict[str, Any]:
         """The innermost stack frame of a stopped thread."""
         frames = self.request("stackTrace", {"threadId": thread_id, "levels": 1})["stackFrames"]
-        return frames[0]  # type: ignore[no-any-return]
+        return frames[0]
 
     def locals_of(self, frame_id: int) -> dict[str, str]:
         """The frame's local variables as ``{name: repr}``."""

@@ -25,10 +25,6 @@ from typing import Any, Mapping
 from amldbg.core import settings
 from amldbg.core.guard import quietly
 
-#: The local index of this worker process on its node (0-based); set it when the runtime's
-#: ``EntryScript().agent_name`` does not carry it (a local driver does).
-PROCESS_INDEX_ENV = settings.PROCESS_INDEX.env_var
-
 # The parallel runtime's module names, newest first.
 _RUNTIME_MODULES = ("azureml_user.parallel_run", "entry_script")
 
@@ -150,7 +146,7 @@ def in_parallel_run(env: Mapping[str, str] | None = None) -> bool:
     """True when this process is a ParallelRunStep worker (the runtime is present) or a local
     driver said so by setting ``AMLDBG_PROCESS_INDEX``."""
     env = os.environ if env is None else env
-    return PROCESS_INDEX_ENV in env or entry_script_class() is not None
+    return settings.env_text(settings.PROCESS_INDEX, env) is not None or entry_script_class() is not None
 
 
 def process_index(env: Mapping[str, str] | None = None) -> int:

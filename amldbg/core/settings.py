@@ -520,6 +520,15 @@ def settings_for(args: Any = None, env: Mapping[str, str] | None = None, **overr
     return resolve_settings(args, env=env, **given)
 
 
+def env_text(setting: Flag | Variable[Any], env: Mapping[str, str] | None = None) -> str | None:
+    """The raw text of ``setting``'s ``AMLDBG_*`` variable in ``env``, unparsed (``None``: unset).
+
+    For the cheap "is it set at all" checks that decide whether anything needs resolving; a
+    value is only ever taken through :func:`resolve_settings` or :func:`env_value`.
+    """
+    return (os.environ if env is None else env).get(setting.env_var)
+
+
 # -- process variables ---------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Variable(Generic[T]):

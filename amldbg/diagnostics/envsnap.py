@@ -38,7 +38,6 @@ from typing import Any, Iterable, Mapping, Sequence
 from amldbg._version import __version__
 from amldbg.core import announce, environment, joblogs, secrets
 from amldbg.core.guard import guard, quietly
-from amldbg.core.joblogs import LineReader
 
 #: Marks the snapshot line a script writes to the driver log; ``amldbg env diff`` reads it.
 SNAPSHOT_MARKER = "amldbg env snapshot: "
@@ -335,7 +334,7 @@ def _read_snapshot_data(path: str | os.PathLike[str]) -> Any:
             except ValueError:
                 handle.seek(0)  # maybe a log that starts with "{": look for the line
         found: str | None = None
-        for line in LineReader(handle, max_line=_MAX_SNAPSHOT_LINE):
+        for line in joblogs.LineReader(handle, max_line=_MAX_SNAPSHOT_LINE):
             at = line.find(SNAPSHOT_MARKER)
             if at >= 0:
                 found = line[at + len(SNAPSHOT_MARKER):]

@@ -41,9 +41,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 #: is not set: the guides' deployment block waits 30 s, not a training job's 300 s, because
 #: the server answers no health probe while init() waits.
 DEFAULT_INIT_TIMEOUT = 30.0
-_TIMEOUT_ENV = settings_module.env_var("remote_debug_connection_timeout")
-_ENABLED_ENV = settings_module.env_var("remote_debug")
-_POST_MORTEM_ENV = settings_module.env_var("remote_debug_post_mortem")
+_ENABLED = settings_module.FLAGS_BY_NAME["remote_debug"]
+_TIMEOUT = settings_module.FLAGS_BY_NAME["remote_debug_connection_timeout"]
+_POST_MORTEM = settings_module.FLAGS_BY_NAME["remote_debug_post_mortem"]
 
 # Bound once: the wrapper's hot path then costs two global look-ups, not attribute look-ups.
 _clock = time.perf_counter
@@ -189,7 +189,9 @@ def _before_init(func: Any) -> Any:
     options: _InitOptions = _options_of("init", func) or _InitOptions()
     env = os.environ
     # The common case, debugging off, decides here without importing amldbg.debug.
-    if options.enabled is False or (options.enabled is None and _ENABLED_ENV not in env):
+    if options.enabled is False or (
+        options.enabled is None and settings_module.env_text(_ENABLED, env) is None
+    ):
         return None
     with guard("remote debugging failed and is off"):  # init() still runs
         return _start_debugging(options, env)
@@ -200,7 +202,7 @@ def entry_settings(options: _InitOptions, env: Mapping[str, str]) -> settings_mo
     """The settings of an entry script, resolved once: keyword options, then ``AMLDBG_*``,
     with a 30 s connection timeout unless the variable sets one."""
     timeout = options.timeout
-    if timeout is None and not env.get(_TIMEOUT_ENV, "").strip():
+    if timeout is None and not (settings_module.env_text(_TIMEOUT, env) or "").strip():
         timeout = DEFAULT_INIT_TIMEOUT
     return settings_module.resolve_settings(
         None,
@@ -443,7 +445,7 @@ def _post_mortem(error: BaseException) -> None:
 
         settings = postmortem.enabled_settings() or settings_module.remembered()
         if settings is None:
-            if _POST_MORTEM_ENV not in os.environ:
+            if settings_module.env_text(_POST_MORTEM) is None:
                 return
             settings = entry_settings(_InitOptions(), os.environ)
         if settings.remote_debug_post_mortem:

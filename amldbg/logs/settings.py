@@ -24,7 +24,7 @@ METRICS_ENV = "AMLDBG_METRICS"
 BACKENDS = ("opencensus", "otel")
 METRIC_DESTINATIONS = ("auto", "azureml", "mlflow", "driver-log")
 
-#: Defaults, documented in the README.
+#: Defaults, documented in docs/telemetry.md.
 DEFAULT_GRACE_PERIOD = 3.0
 DEFAULT_QUEUE_SIZE = 40_000
 DEFAULT_BACKEND = "opencensus"
@@ -104,7 +104,7 @@ SETTINGS_BY_NAME = {row.name: row for row in LOG_SETTINGS}
 
 
 def from_environment(env: Mapping[str, str] | None = None) -> LogSettings:
-    """Settings as the environment variables give them (documented in the README)."""
+    """Settings as the environment variables give them (documented in docs/telemetry.md)."""
     env = os.environ if env is None else env
     return LogSettings(**{row.name: row.from_env(env) for row in ENV_SETTINGS})
 

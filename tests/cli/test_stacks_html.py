@@ -150,7 +150,7 @@ def test_eight_ranks_name_the_outlier_and_the_collective(tmp_path: Path) -> None
         detail = page.locator("#detail")
         assert detail.locator("h2").inner_text() == "rank 3"
         assert "never entered collective #4 all_reduce in default_pg" in detail.inner_text()
-        # The README's picture: written when missing, or renewed on request (fonts differ
+        # docs/hung-jobs.md's picture: written when missing, or renewed on request (fonts differ
         # between machines, so an ordinary run leaves the committed one alone).
         shot = tmp_path / "stacks-html.png"
         page.screenshot(path=str(shot), full_page=True)

@@ -71,6 +71,57 @@ def test_every_amldbg_variable_in_the_code_is_declared_in_a_settings_table() -> 
     assert set(found) <= declared
 
 
+#: The modules that hold a settings table, and so read their variables themselves.
+SCHEMA_MODULES = {"core/settings.py", "logs/settings.py"}
+
+
+def _lookup_key(node: ast.AST) -> ast.AST | None:
+    """The key of a mapping look-up: ``m[key]``, ``m.get(key)``, ``key in m``."""
+    if isinstance(node, ast.Subscript):
+        return node.slice
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+            and node.func.attr in {"get", "pop", "setdefault"} and node.args:
+        return node.args[0]
+    if isinstance(node, ast.Compare) and any(isinstance(op, (ast.In, ast.NotIn)) for op in node.ops):
+        return node.left
+    return None
+
+
+def _names_a_variable(key: ast.AST, aliases: set[str]) -> bool:
+    if isinstance(key, ast.Attribute) and key.attr == "env_var":
+        return True
+    if isinstance(key, ast.Call):  # settings.env_var("remote_debug")
+        return getattr(key.func, "attr", getattr(key.func, "id", None)) == "env_var"
+    if isinstance(key, ast.Constant) and isinstance(key.value, str):
+        return bool(VARIABLE_NAME.fullmatch(key.value))
+    return isinstance(key, ast.Name) and key.id in aliases
+
+
+def test_only_the_settings_tables_look_an_amldbg_variable_up() -> None:
+    # Everything else asks core.settings (env_value, resolve_settings, env_text), so how a
+    # variable is read (blank, invalid, the warning) is decided in one place.
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        where = path.relative_to(PACKAGE).as_posix()
+        if where in SCHEMA_MODULES:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        # Module names bound to a variable's name (OUTPUT_DIR_ENV = settings.X.env_var).
+        aliases = {
+            target.id
+            for node in ast.walk(tree) if isinstance(node, ast.Assign)
+            and _names_a_variable(node.value, set())
+            for target in node.targets if isinstance(target, ast.Name)
+        }
+        for node in ast.walk(tree):
+            key = _lookup_key(node)
+            if key is not None and _names_a_variable(key, aliases):
+                found.append(f"{where}:{node.lineno}")
+    # doctor takes a flag's variable out of its own copy, to resolve it to the default.
+    assert [hit for hit in found if not hit.startswith("cli/doctor.py:")] == []
+    assert len(found) == 1
+
+
 def test_the_process_variables_are_named_once() -> None:
     names = [variable.env_var for variable in settings.VARIABLES]
     assert len(set(names)) == len(names)
@@ -136,3 +187,10 @@ def test_a_blank_switch_is_off_and_a_blank_value_is_unset() -> None:
                                              (300.0, "300"), (2.5, "2.5"), (None, "all")])
 def test_values_are_described_once(value: object, shown: str) -> None:
     assert settings.describe_value(value) == shown
+
+
+def test_env_text_is_the_unparsed_text_of_a_flag_or_a_variable() -> None:
+    switch = settings.FLAGS_BY_NAME["remote_debug"]
+    assert settings.env_text(switch, {}) is None
+    assert settings.env_text(switch, {"AMLDBG_REMOTE_DEBUG": ""}) == ""  # set, though off
+    assert settings.env_text(settings.PROCESS_INDEX, {"AMLDBG_PROCESS_INDEX": "two"}) == "two"
