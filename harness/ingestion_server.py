@@ -80,14 +80,7 @@ class IngestionServer(LoopbackServer):
 
     def wait_for(self, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
         """Wait until at least ``count`` envelopes arrived (or the timeout); return them all."""
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            while len(self.envelopes) < count:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._lock.wait(min(left, 0.1))
-            return list(self.envelopes)
+        return self._wait_until(lambda: list(self.envelopes), lambda got: len(got) >= count, timeout)
 
     def _record(self, path: str, status: int, items: list[dict[str, Any]], arrived: float) -> None:
         """Note one request; ``items`` are the envelopes it got accepted."""

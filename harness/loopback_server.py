@@ -9,9 +9,10 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 S = TypeVar("S", bound="LoopbackServer")
+T = TypeVar("T")
 
 
 class JsonHandler(BaseHTTPRequestHandler):
@@ -53,6 +54,18 @@ class LoopbackServer:
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         raise NotImplementedError
+
+    def _wait_until(self, answer: Callable[[], T], enough: Callable[[T], bool], timeout: float) -> T:
+        """``answer()``, taken under the lock, once ``enough`` of it arrived or ``timeout`` s
+        passed (whichever comes first); the handlers notify the lock as requests arrive."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                value = answer()
+                left = deadline - time.monotonic()
+                if enough(value) or left <= 0:
+                    return value
+                self._lock.wait(min(left, 0.1))
 
     def start(self: S) -> S:
         self._thread.start()

@@ -76,25 +76,12 @@ class MlflowServer(LoopbackServer):
 
     def wait_for(self, count: int, timeout: float = 20.0) -> list[tuple[str, str, float, int]]:
         """Wait until at least ``count`` metrics arrived (or the timeout); return them all."""
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            while len(self.metrics) < count:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._lock.wait(min(left, 0.1))
-            return list(self.metrics)
+        return self._wait_until(lambda: list(self.metrics), lambda got: len(got) >= count, timeout)
 
     def wait_for_requests(self, endpoint: str, count: int, timeout: float = 20.0) -> int:
         """Wait until ``count`` requests reached ``endpoint`` (answered or not); return how many."""
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            while True:
-                seen = sum(1 for _, path, _ in self.requests if path == endpoint)
-                left = deadline - time.monotonic()
-                if seen >= count or left <= 0:
-                    return seen
-                self._lock.wait(min(left, 0.1))
+        return self._wait_until(lambda: sum(1 for _, path, _ in self.requests if path == endpoint),
+                                lambda seen: seen >= count, timeout)
 
     def _create_run(self, experiment_id: str, name: str, start_time: int) -> dict[str, Any]:
         run_id = uuid.uuid4().hex

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, ContextManager, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
@@ -224,3 +224,42 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return False
     return True
+
+
+def acquired_after_fork(lock: ContextManager[Any], child_lock: Callable[[], Any]) -> bool:
+    """Fork while another thread holds ``lock``; whether the child could take ``child_lock()``
+    (the lock as the child sees it) within 2 s. The child has only the forking thread, so a
+    lock copied held would stay held for ever. The parent's lock stays its thread's until
+    the child has answered (a child hung for 20 s fails the test)."""
+    import pytest
+
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with lock:
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    assert held.wait(5)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: the holder does not exist here
+            os._exit(0 if child_lock().acquire(timeout=2) else 7)
+        deadline = time.monotonic() + 20
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                pytest.fail("the child hung on the lock")
+            time.sleep(0.05)
+        assert getattr(lock, "locked", lambda: True)(), "the parent's lock is still its thread's"
+        return os.waitstatus_to_exitcode(status) == 0
+    finally:
+        release.set()
+        thread.join(5)
