@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import functools
 import math
 import os
 from typing import Any, Callable, Generic, Mapping, NamedTuple, Sequence, TypeVar
@@ -186,7 +187,8 @@ class Flag:
         """The command-line option, ``--remote_debug_port``."""
         return "--" + self.name
 
-    @property
+    # Cached (each flag's are read on every resolve_settings): derived, never declared.
+    @functools.cached_property
     def env_var(self) -> str:
         """The environment variable, ``AMLDBG_REMOTE_DEBUG_PORT``."""
         return ENV_PREFIX + self.name.upper()
@@ -196,7 +198,7 @@ class Flag:
         """The short keyword: the row's own ``keyword``, else the name without ``remote_debug_``."""
         return self.keyword or self.name.removeprefix("remote_debug_")
 
-    @property
+    @functools.cached_property
     def blank_is_default(self) -> bool:
         """A blank variable means "not set", except for a switch: there it means off."""
         return not self.is_switch
@@ -424,6 +426,8 @@ def read_env(
     problem and the value used instead) and ``default``: for a switch that opens a port or
     waits, the default is off, so a typo never turns it on.
     """
+    if (os.environ if env is None else env).get(name) is None:
+        return default  # the common case, decided without building a verdict
     _, value, error, raw = judge_env(name, parse, default, env, blank_is_default=blank_is_default)
     if error is not None:
         shown = str(raw)
