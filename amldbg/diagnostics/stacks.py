@@ -217,10 +217,20 @@ def timestamp() -> str:
 
 
 def _below(frame: FrameType | None, own_code: set[CodeType]) -> FrameType | None:
-    """``frame``, or its first caller that does not run one of ``own_code``."""
-    while frame is not None and frame.f_code in own_code:
-        frame = frame.f_back
-    return frame
+    """The caller of the outermost frame running one of ``own_code``, else ``frame``.
+
+    Everything from amldbg's handler inward is amldbg's, not only the handler's own frame:
+    the signal thread may take its dump while the interrupted main thread is inside a helper
+    the handler called (the ownership check, the wakeup-fd check).
+    """
+    if not own_code:
+        return frame
+    shown, walked = frame, frame
+    while walked is not None:
+        if walked.f_code in own_code:
+            shown = walked.f_back
+        walked = walked.f_back
+    return shown
 
 
 def _threads_by_ident() -> dict[int, tuple[str, bool | None]]:
@@ -260,9 +270,9 @@ def capture(
     """Take the stacks of every thread of this process, the main thread first.
 
     ``reason`` says why (``stall``, ``signal``, ``request``); ``skip_threads`` are thread
-    idents left out (the caller's own watchdog thread); frames running one of ``skip_code``
-    at the top of a stack (amldbg's own signal handler, which interrupts the main thread)
-    are left out, so the innermost frame shown is the one the thread was in. Never raises
+    idents left out (the caller's own watchdog thread); a frame running one of ``skip_code``
+    (amldbg's own signal handler, which interrupts the main thread) is left out with every
+    frame it called, so the innermost frame shown is the one the thread was in. Never raises
     for a value that cannot be shown; spends at most about ``budget`` seconds on values.
     """
     deadline = time.monotonic() + budget

@@ -183,6 +183,26 @@ def test_a_dump_taken_inside_amldbgs_own_handler_shows_the_interrupted_frame() -
     assert stacks.capture("signal")["threads"][0]["frames"][-1]["function"] == "capture"
 
 
+def test_a_dump_taken_while_the_handler_is_in_a_helper_still_shows_the_interrupted_frame() -> None:
+    # The signal thread may take its dump while the main thread's handler is inside one of
+    # the helpers it calls (the ownership check, the wakeup-fd check): every frame from the
+    # handler inward is amldbg's, so the innermost frame shown is still the user's.
+    from amldbg.diagnostics import stacks
+
+    def helper() -> dict:
+        return stacks.capture("signal", skip_code=(handler.__code__,))
+
+    def handler() -> dict:
+        return helper()
+
+    def wait_for_go() -> dict:
+        return handler()
+
+    dump = wait_for_go()
+    main = next(thread for thread in dump["threads"] if thread["main"])
+    assert main["frames"][-1]["function"].endswith("wait_for_go")
+
+
 def test_a_capture_runs_no_class_body_mapping_and_no_loader_of_a_lazy_source(tmp_path: Path) -> None:
     import linecache
     import sys
