@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Sequence
+from typing import Any, Callable, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
@@ -226,11 +226,12 @@ def port_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
-def acquired_after_fork(lock: ContextManager[Any], child_lock: Callable[[], Any]) -> bool:
+def acquired_after_fork(lock: Any, child_lock: Callable[[], Any]) -> bool:
     """Fork while another thread holds ``lock``; whether the child could take ``child_lock()``
     (the lock as the child sees it) within 2 s. The child has only the forking thread, so a
     lock copied held would stay held for ever. The parent's lock stays its thread's until
-    the child has answered (a child hung for 20 s fails the test)."""
+    the child has answered (a child hung for 20 s fails the test). ``lock`` has ``locked()``
+    (amldbg's :mod:`amldbg.core.forksafe` locks)."""
     import pytest
 
     held = threading.Event()
@@ -247,7 +248,11 @@ def acquired_after_fork(lock: ContextManager[Any], child_lock: Callable[[], Any]
     try:
         pid = os.fork()
         if pid == 0:  # the child: the holder does not exist here
-            os._exit(0 if child_lock().acquire(timeout=2) else 7)
+            code = 8  # child_lock() raised: never back into the test session
+            try:
+                code = 0 if child_lock().acquire(timeout=2) else 7
+            finally:
+                os._exit(code)
         deadline = time.monotonic() + 20
         while True:
             done, status = os.waitpid(pid, os.WNOHANG)
@@ -258,7 +263,7 @@ def acquired_after_fork(lock: ContextManager[Any], child_lock: Callable[[], Any]
                 os.waitpid(pid, 0)
                 pytest.fail("the child hung on the lock")
             time.sleep(0.05)
-        assert getattr(lock, "locked", lambda: True)(), "the parent's lock is still its thread's"
+        assert lock.locked(), "the parent's lock is still its thread's"
         return os.waitstatus_to_exitcode(status) == 0
     finally:
         release.set()

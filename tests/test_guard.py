@@ -97,7 +97,7 @@ REASONS: dict[str, dict[str, str]] = {
     },
     "amldbg/diagnostics/stacks.py": {
         "frame_locals": "locals that cannot be read: the frame is shown without values",
-        "_library_roots": "a scheme without this path: the others still count",
+        "_roots": "a scheme without this path: the others still count",
         "_frame_record": "the frame is shown without its source line",
         "write_json": "one warning per folder, never the script's failure",
         "write_dump": "a dump must never stop the script it describes",

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
-import functools
 import math
 import os
 from typing import Any, Callable, Generic, Mapping, NamedTuple, Sequence, TypeVar
@@ -181,27 +180,27 @@ class Flag:
     is_switch: bool = False
     keyword: str | None = None
     nullable: bool = False
+    # Derived from the fields above, never declared; worked out once, when the row is made,
+    # because every resolve_settings reads them (and a lazy cache would take a lock that a
+    # fork could copy held).
+    #: The environment variable, ``AMLDBG_REMOTE_DEBUG_PORT``.
+    env_var: str = dataclasses.field(init=False, repr=False, compare=False)
+    #: A blank variable means "not set", except for a switch: there it means off.
+    blank_is_default: bool = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "env_var", ENV_PREFIX + self.name.upper())  # frozen
+        object.__setattr__(self, "blank_is_default", not self.is_switch)
 
     @property
     def option(self) -> str:
         """The command-line option, ``--remote_debug_port``."""
         return "--" + self.name
 
-    # Cached (each flag's are read on every resolve_settings): derived, never declared.
-    @functools.cached_property
-    def env_var(self) -> str:
-        """The environment variable, ``AMLDBG_REMOTE_DEBUG_PORT``."""
-        return ENV_PREFIX + self.name.upper()
-
     @property
     def alias(self) -> str:
         """The short keyword: the row's own ``keyword``, else the name without ``remote_debug_``."""
         return self.keyword or self.name.removeprefix("remote_debug_")
-
-    @functools.cached_property
-    def blank_is_default(self) -> bool:
-        """A blank variable means "not set", except for a switch: there it means off."""
-        return not self.is_switch
 
     def verdict(self, env: Mapping[str, str] | None = None) -> Verdict:
         """What the flag's variable in ``env`` gives, without a warning (see :func:`judge_env`)."""

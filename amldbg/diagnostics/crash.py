@@ -16,7 +16,9 @@ An uncaught exception that reaches one of the hooks then goes through, in this o
 Stopping the script on purpose (``KeyboardInterrupt``, ``SystemExit``) is not a crash: it
 goes straight to the previous hook. amldbg acts only through the hooks it installed: a script
 that replaces ``sys.excepthook`` afterwards decides whether amldbg's still runs (by calling
-the hook it replaced). Nothing on this path runs the script's code: the exception, its
+the hook it replaced), until a part of amldbg is armed after that (post-mortem enabled late,
+which is asking for it): then a layer of amldbg's goes on top of the script's hook, which
+still runs after amldbg's steps. Each step acts once per exception. Nothing on this path runs the script's code: the exception, its
 frames and the thread are read through C descriptors (:mod:`amldbg.diagnostics.values`).
 
 The report holds the exception (masked, bounded), the traceback outermost first with each
@@ -114,8 +116,9 @@ def install(*, watch_child_exit: bool = False) -> None:
 
 
 def add_handler(handler: Handler) -> bool:
-    """Run ``handler``'s steps for every uncaught exception that reaches the hooks from now on
-    (:func:`install` puts the hooks in). True when it was added now, False when it already was."""
+    """Run ``handler``'s steps, once each, for every uncaught exception that reaches the hooks
+    from now on (:func:`install` puts the hooks in). True when it was added now, False when it
+    already was."""
     with _chain.lock:
         if handler in _chain.handlers:
             return False
@@ -130,17 +133,22 @@ def _back_on_top() -> None:
     top of the script's, so a handler added now (post-mortem armed late) still runs, as asked.
 
     The script's hook stays below and runs after amldbg's steps; if it calls amldbg's first
-    hook in turn, the steps meet each exception again, and the report and the debugger are
-    still each given once per exception (:func:`first_time`).
+    hook in turn, the exception meets the steps again and they pass it on without acting:
+    each step acts once per exception (:func:`first_time`).
     """
-    if sys.excepthook not in _chain.own_hooks:
+    if not _is_own(sys.excepthook):
         below = sys.excepthook
         sys.excepthook = _main_hook(lambda: below)
         _chain.own_hooks.append(sys.excepthook)
-    if threading.excepthook not in _chain.own_hooks:
+    if not _is_own(threading.excepthook):
         threading_below = threading.excepthook
         threading.excepthook = _thread_hook(lambda: threading_below)
         _chain.own_hooks.append(threading.excepthook)
+
+
+def _is_own(hook: object) -> bool:
+    # By identity: ``in`` would run the script's hook's __eq__.
+    return any(own is hook for own in _chain.own_hooks)
 
 
 def is_crash(exc_type: type[BaseException]) -> bool:
@@ -155,7 +163,8 @@ def _main_hook(below: Callable[[], Callable[..., Any] | None]) -> Callable[..., 
         try:
             _handle(exc_type, exc, tb, MAIN_THREAD)
         finally:
-            (below() or sys.__excepthook__)(exc_type, exc, tb)
+            hook = below()  # compared to None: a hook object's __bool__ is the script's code
+            (hook if hook is not None else sys.__excepthook__)(exc_type, exc, tb)
 
     return excepthook
 
@@ -169,7 +178,8 @@ def _thread_hook(below: Callable[[], Callable[..., Any] | None]) -> Callable[...
                 where = f"thread {stacks.thread_name(hook_args.thread)!r}"
                 _handle(hook_args.exc_type, hook_args.exc_value, hook_args.exc_traceback, where)
         finally:
-            (below() or threading.__excepthook__)(hook_args)
+            hook = below()
+            (hook if hook is not None else threading.__excepthook__)(hook_args)
 
     return threading_excepthook
 
@@ -189,6 +199,8 @@ def _handle(
     type_name = values.type_name(exc_type)
     if any(type_name in handler.not_crashes for handler in handlers):
         return
+    if not first_time(exc, "steps"):
+        return  # a script's hook between two of amldbg's layers passed it on: acted on once
     uncaught = Uncaught(exc_type, exc, tb, where)
     steps = [(handler.failure, handler.before_report) for handler in handlers]
     steps.append(("could not write the crash report", _write_report_step))

@@ -80,6 +80,8 @@ class _Fixed:
         self.output_dir: str | None = None
         # Where the standard library, installed packages and amldbg live (is_library_file).
         self.library_roots: tuple[str, ...] | None = None
+        # Where the standard library and amldbg live (what amldbg's handler may be inside).
+        self.own_roots: tuple[str, ...] | None = None
 
 
 _fixed = _Fixed()
@@ -117,13 +119,19 @@ def frame_locals(frame: FrameType, deadline: float) -> dict[str, str]:
 
 
 # -- frames -----------------------------------------------------------------------------------
-def _library_roots() -> tuple[str, ...]:
+def _roots(*schemes: str) -> tuple[str, ...]:
+    """The folders of these ``sysconfig`` path schemes, and amldbg's own."""
     roots = set()
-    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+    for key in schemes:
         with contextlib.suppress(Exception):  # a scheme without this path: the others still count
             roots.add(os.path.normcase(os.path.realpath(sysconfig.get_paths()[key])))
     roots.add(os.path.normcase(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     return tuple(sorted(roots))
+
+
+def _under(filename: str, roots: tuple[str, ...]) -> bool:
+    path = os.path.normcase(os.path.abspath(filename))
+    return any(path.startswith(root + os.sep) for root in roots)
 
 
 def is_library_file(filename: str) -> bool:
@@ -133,9 +141,16 @@ def is_library_file(filename: str) -> bool:
     if "site-packages" in filename or "dist-packages" in filename:
         return True
     if _fixed.library_roots is None:
-        _fixed.library_roots = _library_roots()
-    path = os.path.normcase(os.path.abspath(filename))
-    return any(path.startswith(root + os.sep) for root in _fixed.library_roots)
+        _fixed.library_roots = _roots("stdlib", "platstdlib", "purelib", "platlib")
+    return _under(filename, _fixed.library_roots)
+
+
+def _is_amldbg_or_stdlib(filename: str) -> bool:
+    if filename.startswith("<frozen "):
+        return True
+    if _fixed.own_roots is None:
+        _fixed.own_roots = _roots("stdlib", "platstdlib")
+    return _under(filename, _fixed.own_roots)
 
 
 def _frame_record(
@@ -217,11 +232,13 @@ def timestamp() -> str:
 
 
 def _below(frame: FrameType | None, own_code: set[CodeType]) -> FrameType | None:
-    """The caller of the outermost frame running one of ``own_code``, else ``frame``.
+    """The frame a thread was in when one of ``own_code`` (amldbg's handler) interrupted it.
 
-    Everything from amldbg's handler inward is amldbg's, not only the handler's own frame:
-    the signal thread may take its dump while the interrupted main thread is inside a helper
-    the handler called (the ownership check, the wakeup-fd check).
+    From the innermost frame outward, the frames of amldbg and of the standard library (the
+    helpers the handler calls: the signal thread may take its dump while the main thread's
+    handler is in its ownership or wakeup-fd check) are passed over up to the outermost one
+    running ``own_code``, and its caller is shown. A frame of the script's met first (its own
+    signal handler, run on top of amldbg's) is what the thread was doing: the stack is whole.
     """
     if not own_code:
         return frame
@@ -229,6 +246,8 @@ def _below(frame: FrameType | None, own_code: set[CodeType]) -> FrameType | None
     while walked is not None:
         if walked.f_code in own_code:
             shown = walked.f_back
+        elif not _is_amldbg_or_stdlib(walked.f_code.co_filename):
+            break
         walked = walked.f_back
     return shown
 

@@ -82,8 +82,8 @@ def test_a_handler_is_added_once_and_an_exception_gets_one_report(
     assert crash.add_handler(handler) and not crash.add_handler(handler)
     info = raised(RuntimeError("once"))
     sys.excepthook(*info)
-    sys.excepthook(*info)  # a hook chained twice by the script, or a re-raise
-    assert [c[0] for c in calls] == ["after", "previous", "after", "previous"]
+    sys.excepthook(*info)  # a hook chained twice by the script: the steps act once
+    assert [c[0] for c in calls] == ["after", "previous", "previous"]
     assert len(reports(tmp_path)) == 1
 
 
@@ -209,3 +209,53 @@ def test_a_handler_added_after_the_script_replaced_the_hooks_still_runs(
     info = raised(ValueError("late"))
     sys.excepthook(*info)
     assert [c[0] for c in calls] == ["late", "script's hook"] and len(reports(tmp_path)) == 1
+
+
+def test_a_script_hook_that_chains_to_amldbgs_gives_each_step_once(
+    calls: list[tuple[Any, ...]], tmp_path: Path
+) -> None:
+    # The script's hook calls the one it replaced (amldbg's), and post-mortem is armed after
+    # it: the exception meets amldbg's steps twice on its way down, and they act once.
+    crash.install()
+    replaced = sys.excepthook
+
+    def script_hook(*info: Any) -> None:
+        calls.append(("script's hook",))
+        replaced(*info)
+
+    sys.excepthook = script_hook
+    crash.add_handler(crash.Handler(
+        "late failed", before_report=recording(calls, "before"), after_report=recording(calls, "after"),
+    ))
+    sys.excepthook(*raised(ValueError("chained")))
+    assert [c[0] for c in calls] == ["before", "after", "script's hook", "previous"]
+    assert len(reports(tmp_path)) == 1
+
+
+def test_the_crash_path_runs_no_method_of_the_scripts_hook_object(
+    calls: list[tuple[Any, ...]], tmp_path: Path
+) -> None:
+    # A hook object of the script's is only called: its __eq__ (is it amldbg's?) and its
+    # __bool__ (is there a hook below?) are script code, and a crash must not run them.
+    ran: list[str] = []
+
+    class ScriptHook:
+        def __call__(self, *info: Any) -> None:
+            calls.append(("script's hook",))
+
+        def __eq__(self, other: object) -> bool:
+            ran.append("__eq__")
+            return False
+
+        __hash__ = object.__hash__
+
+        def __bool__(self) -> bool:
+            ran.append("__bool__")
+            return True
+
+    crash.install()
+    sys.excepthook = ScriptHook()
+    threading.excepthook = ScriptHook()
+    crash.add_handler(crash.Handler("late failed", after_report=recording(calls, "late")))
+    sys.excepthook(*raised(ValueError("hook object")))
+    assert [c[0] for c in calls] == ["late", "script's hook"] and ran == []

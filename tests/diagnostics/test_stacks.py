@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -183,24 +185,65 @@ def test_a_dump_taken_inside_amldbgs_own_handler_shows_the_interrupted_frame() -
     assert stacks.capture("signal")["threads"][0]["frames"][-1]["function"] == "capture"
 
 
-def test_a_dump_taken_while_the_handler_is_in_a_helper_still_shows_the_interrupted_frame() -> None:
-    # The signal thread may take its dump while the main thread's handler is inside one of
-    # the helpers it calls (the ownership check, the wakeup-fd check): every frame from the
-    # handler inward is amldbg's, so the innermost frame shown is still the user's.
-    from amldbg.diagnostics import stacks
+def _main_frames_while_blocked(enter: Any, skip_code: tuple[Any, ...]) -> list[str]:
+    """Run ``enter(gate)`` on the main thread until it blocks in amldbg's lock ``gate``; the
+    functions of the main thread's stack as another thread's capture then shows them."""
+    from amldbg.core import forksafe
 
-    def helper() -> dict:
-        return stacks.capture("signal", skip_code=(handler.__code__,))
+    gate = forksafe.lock()
+    gate.acquire()
+    main = threading.main_thread().ident
+    assert threading.get_ident() == main  # the main thread is the one a signal interrupts
+    acquire = type(gate).acquire.__code__
+    taken: dict[str, Any] = {}
 
-    def handler() -> dict:
-        return helper()
+    def take() -> None:
+        try:
+            for _ in range(2000):  # until the main thread waits in the lock (10 s at most)
+                frame = sys._current_frames().get(main)
+                if frame is not None and frame.f_code is acquire:
+                    break
+                time.sleep(0.005)
+            taken["dump"] = stacks.capture("signal", skip_code=skip_code)
+        finally:
+            gate.release()
 
-    def wait_for_go() -> dict:
-        return handler()
+    thread = threading.Thread(target=take)
+    thread.start()
+    enter(gate)
+    thread.join()
+    main_thread = next(record for record in taken["dump"]["threads"] if record["main"])
+    return [record["function"].rsplit(".", 1)[-1] for record in main_thread["frames"]]
 
-    dump = wait_for_go()
-    main = next(thread for thread in dump["threads"] if thread["main"])
-    assert main["frames"][-1]["function"].endswith("wait_for_go")
+
+def test_a_dump_taken_while_the_handler_is_in_one_of_amldbgs_helpers_shows_the_interrupted_frame() -> None:
+    # The signal thread may take its dump while the main thread's handler is inside a helper
+    # of amldbg's it calls (the ownership check, the wakeup-fd check): the frames from the
+    # handler inward are amldbg's, so the innermost frame shown is still the user's.
+    def handler(gate: Any) -> None:
+        gate.acquire()  # amldbg's lock: an amldbg frame on top of the handler
+
+    def wait_for_go(gate: Any) -> None:
+        handler(gate)
+
+    functions = _main_frames_while_blocked(wait_for_go, (handler.__code__,))
+    assert functions[-1] == "wait_for_go"
+
+
+def test_a_scripts_frame_running_on_top_of_amldbgs_handler_is_shown() -> None:
+    # A script's own signal handler that Python runs while the main thread is inside
+    # amldbg's handler is what the thread is doing: the stack is shown whole.
+    def user_signal_handler(gate: Any) -> None:
+        gate.acquire()
+
+    def handler(gate: Any) -> None:
+        user_signal_handler(gate)
+
+    def wait_for_go(gate: Any) -> None:
+        handler(gate)
+
+    functions = _main_frames_while_blocked(wait_for_go, (handler.__code__,))
+    assert functions[-3:] == ["handler", "user_signal_handler", "acquire"]
 
 
 def test_a_capture_runs_no_class_body_mapping_and_no_loader_of_a_lazy_source(tmp_path: Path) -> None:
