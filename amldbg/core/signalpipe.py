@@ -9,7 +9,7 @@ there at once, from whichever thread the kernel chose, and a daemon thread readi
 (``amldbg-signals``) calls the listener of that signal. The Python handler is still what
 makes CPython catch the signal at all; it does the work itself only when the pipe is no
 longer the wakeup fd (:func:`delivers`): asyncio, for one, takes the wakeup fd for its own
-signal handlers, and a forked child has no reader thread.
+signal handlers. A forked child gets a pipe and a reader thread of its own.
 
 There is one wakeup fd per process, so there is one pipe for all of amldbg (the on-demand
 triggers and the SIGTERM flush of the logs share it); an event loop's wakeup fd that was
@@ -32,7 +32,7 @@ import threading
 from typing import Callable
 
 from amldbg.core import announce, forksafe, threads
-from amldbg.core.guard import describe, guard
+from amldbg.core.guard import describe, guard, quietly
 
 __all__ = ["delivers", "forget", "listen", "reader_ident"]
 
@@ -76,27 +76,32 @@ def listen(number: int, on_signal: Callable[[int], None],
         if _pipe.write_fd >= 0:
             return True
         try:
-            read_fd, write_fd = os.pipe()
-        except OSError as error:
-            announce.warn(f"signals are acted on only between bytecodes: {describe(error)}")
-            return False
-        try:
-            os.set_blocking(write_fd, False)
-            previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+            return _open()
         except (OSError, ValueError) as error:
-            _close(read_fd, write_fd)
             announce.warn(f"signals are acted on only between bytecodes: {describe(error)}")
             return False
-        if previous != -1:
-            # Someone else's wakeup fd (an event loop's): keep theirs; the handlers act.
-            with contextlib.suppress(OSError, ValueError):
-                signal.set_wakeup_fd(previous)
-            _close(read_fd, write_fd)
-            return False
-        _pipe.read_fd, _pipe.write_fd = read_fd, write_fd
-        # Not suspended at a breakpoint: a dump on demand works while the debugger stops.
-        _pipe.reader = threads.start(_read_loop, "amldbg-signals", read_fd)
-        return True
+
+
+def _open() -> bool:
+    """Make the pipe the wakeup fd and start the thread that reads it; False when another
+    wakeup fd was there first. Raises OSError or ValueError (not the main thread)."""
+    read_fd, write_fd = os.pipe()
+    try:
+        os.set_blocking(write_fd, False)
+        previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    except (OSError, ValueError):
+        _close(read_fd, write_fd)
+        raise
+    if previous != -1:
+        # Someone else's wakeup fd (an event loop's): keep theirs; the handlers act.
+        with contextlib.suppress(OSError, ValueError):
+            signal.set_wakeup_fd(previous)
+        _close(read_fd, write_fd)
+        return False
+    _pipe.read_fd, _pipe.write_fd = read_fd, write_fd
+    # Not suspended at a breakpoint: a dump on demand works while the debugger stops.
+    _pipe.reader = threads.start(_read_loop, "amldbg-signals", read_fd)
+    return True
 
 
 def forget(number: int) -> None:
@@ -179,17 +184,25 @@ def _call(function: Callable[..., None], *args: int) -> None:
 
 def _after_fork_in_child() -> None:
     # The reader thread does not exist in a forked child, and the pipe is the parent's: a
-    # signal to the child must not wake the parent. The child's main thread handles it.
+    # signal to the child must not wake the parent. So the child gets a pipe and a reader of
+    # its own: the kernel may give the child's SIGTERM to any of its threads (a queue's
+    # feeder, an exporter), and the inherited Python handler would wait for the main thread
+    # to leave its C call (Pool.terminate() would wait for a worker asleep in its task).
     if _pipe.write_fd < 0:
         return
+    ours = False
     try:
         current = signal.set_wakeup_fd(-1)
-        if current != _pipe.write_fd:
+        ours = current == _pipe.write_fd
+        if not ours:
             signal.set_wakeup_fd(current)  # someone else's: leave it
     except (OSError, ValueError):
         pass
     _close(_pipe.read_fd, _pipe.write_fd)
     _pipe.forget()
+    if ours and _listeners:
+        with quietly():  # a fork hook must never stop the child: then the handlers act alone
+            _open()
 
 
 if hasattr(os, "register_at_fork"):

@@ -9,7 +9,9 @@ Each script runs as a subprocess whose every descendant is killed and reaped at 
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import textwrap
 from pathlib import Path
@@ -299,3 +301,38 @@ def test_start_processes_fork_children_arm_their_own_reports_and_answer_sigusr1(
         functions = [f["function"] for f in main["frames"]]
         assert "wait_for_go" in functions, functions
     assert saved_dumps(folder, parent) == []
+
+
+def test_an_os_fork_child_blocked_in_c_dumps_on_sigusr1_another_of_its_threads_received(
+    tmp_path: Path,
+) -> None:
+    # The kernel gives a process's signal to any thread that does not block it, and Python
+    # runs the handler only on the main thread between bytecodes: a forked child asleep in C
+    # answers SIGUSR1 all the same (its own signal thread). Its main thread blocks SIGUSR1
+    # here so that another thread gets it.
+    job = script(tmp_path, """
+        import os, signal, sys, threading, time, amldbg
+
+        amldbg.enable_remote_debug(on_demand=True)
+        pid = os.fork()
+        if pid == 0:
+            threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+
+            def asleep_in_c():
+                print("child", os.getpid(), flush=True)
+                time.sleep(60)
+
+            asleep_in_c()
+            os._exit(0)
+        os.waitpid(pid, 0)
+    """)
+    env, folder = diagnostics_env(tmp_path)
+    with RunningGroup([job], cwd=tmp_path, env=env) as run:
+        child = int(run.wait_for_line(r"^child (\d+)$", timeout=30).group(1))
+        os.kill(child, signal.SIGUSR1)
+        found = run.wait_for_line(r"^amldbg stacks: (\{.*\})$", timeout=20)
+    dump = json.loads(found.group(1))
+    assert dump["pid"] == child and dump["forked_from"], run.output
+    main = next(thread for thread in dump["threads"] if thread["main"])
+    assert main["frames"][-1][2] == "asleep_in_c", run.output

@@ -21,8 +21,10 @@ premise: a SIGUSR2 handler that would write a line if the main thread ran Python
 
 from __future__ import annotations
 
+import os
 import re
 import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -340,7 +342,10 @@ def _run_fork_script(script: Path, server: IngestionServer, done: str, expected:
     # start_group: a forked worker that hangs must not outlive the test.
     with start_group(script, APPLICATIONINSIGHTS_CONNECTION_STRING=server.connection_string,
                      AMLDBG_LOG_GRACE_PERIOD="20") as child:
-        code = child.wait(90)
+        try:
+            code = child.wait(90)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the script did not end within 90 s; output:\n{child.output}")
     output = child.output
     assert re.search(done, output, re.M), output
     return code, output, _settle(server, expected)
@@ -442,6 +447,49 @@ def test_fork_pool_terminated_after_its_workers_logged_delivers_their_records(
     _no_leaks(output, server)
     assert code == 0, output
     assert "LOGGED [0, 1]" in output, output
+    _each_once(messages, expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_forked_child_blocked_in_c_ends_at_sigterm_that_another_of_its_threads_received(
+    tmp_path: Path, backend: str
+) -> None:
+    # The kernel gives a process's SIGTERM to any thread that does not block it; Python runs
+    # the inherited handler only on the main thread, between bytecodes. A worker asleep in C
+    # (Pool.terminate() finds its workers so) must still flush and end at once, as it would
+    # without amldbg. The main thread blocks SIGTERM here so that another thread gets it.
+    script = _fork_script(tmp_path, backend, """
+        import signal, threading
+
+        def child():
+            for i in range(100):
+                log.info("forked record %d", i)
+            threading.Thread(target=time.sleep, args=(120,), daemon=True).start()  # a queue's feeder
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+            os.write(1, ("CHILD BLOCKED %d\\n" % os.getpid()).encode())
+            time.sleep(120)  # blocked in C
+            os.write(1, b"CHILD WOKE\\n")
+
+        if __name__ == "__main__":
+            parent_records()
+            process = ctx.Process(target=child)
+            process.start()
+            process.join()
+            log.info("parent after")
+            os.write(1, ("CHILD ENDED %s\\n" % process.exitcode).encode())
+    """)
+    expected = _parent_expected() + [f"forked record {i}" for i in range(100)]
+    with IngestionServer() as server:
+        with start_group(script, APPLICATIONINSIGHTS_CONNECTION_STRING=server.connection_string,
+                         AMLDBG_LOG_GRACE_PERIOD="20") as child:
+            pid = int(child.wait_for_line(r"^CHILD BLOCKED (\d+)$", timeout=60).group(1))
+            os.kill(pid, signal.SIGTERM)
+            child.wait_for_line(r"^CHILD ENDED -15$", timeout=60)
+            code = child.wait(60)
+        output = child.output
+        messages = _settle(server, len(expected))
+    _no_leaks(output, server)
+    assert code == 0 and "CHILD WOKE" not in output, output
     _each_once(messages, expected)
 
 
