@@ -29,7 +29,7 @@ import os
 import select
 import signal
 import threading
-from typing import Callable
+from typing import Any, Callable
 
 from amldbg.core import announce, forksafe, threads
 from amldbg.core.guard import describe, guard, quietly
@@ -42,6 +42,8 @@ IDLE_CHECK = 2.0
 _lock = forksafe.lock()
 _listeners: dict[int, Callable[[int], None]] = {}
 _idle_checks: dict[int, Callable[[], None]] = {}
+# The signal mask each forking thread had before amldbg blocked its signals for the fork.
+_fork_masks: dict[int, Any] = {}
 
 
 @dataclasses.dataclass
@@ -55,6 +57,15 @@ class _Pipe:
     def forget(self) -> None:
         self.read_fd = self.write_fd = -1
         self.reader = None
+
+
+def _identity(fd: int) -> tuple[int, int] | None:
+    """The file an open descriptor names (device, inode), or None."""
+    try:
+        found = os.fstat(fd)
+    except (OSError, ValueError):
+        return None
+    return found.st_dev, found.st_ino
 
 
 _pipe = _Pipe()
@@ -100,7 +111,7 @@ def _open() -> bool:
         return False
     _pipe.read_fd, _pipe.write_fd = read_fd, write_fd
     # Not suspended at a breakpoint: a dump on demand works while the debugger stops.
-    _pipe.reader = threads.start(_read_loop, "amldbg-signals", read_fd)
+    _pipe.reader = threads.start(_read_loop, "amldbg-signals", read_fd, _identity(read_fd))
     return True
 
 
@@ -151,11 +162,17 @@ def _close(*fds: int) -> None:
                 os.close(fd)
 
 
-def _read_loop(fd: int) -> None:
+def _read_loop(fd: int, identity: tuple[int, int] | None) -> None:
+    # The descriptor is checked before each read and the close: a script that closes every
+    # descriptor (a daemon's closerange) may reopen the number for a file of its own, which
+    # amldbg must neither read nor close.
     try:
         while True:
             try:
                 ready, _, _ = select.select([fd], [], [], IDLE_CHECK)
+                if _identity(fd) != identity:
+                    identity = None
+                    return
                 if not ready:
                     for check in list(_idle_checks.values()):
                         _call(check)
@@ -173,7 +190,8 @@ def _read_loop(fd: int) -> None:
                 if listener is not None:
                     _call(listener, number)
     finally:
-        _close(fd)
+        if identity is not None and _identity(fd) == identity:
+            _close(fd)
 
 
 def _call(function: Callable[..., None], *args: int) -> None:
@@ -182,7 +200,41 @@ def _call(function: Callable[..., None], *args: int) -> None:
         function(*args)
 
 
+def _before_fork() -> None:
+    # Until the child's fork hook has run, the child's wakeup fd is the parent's pipe: a
+    # signal sent to the child at once (Process.start() then terminate()) would be written
+    # there and acted on by the parent. The forking thread, the child's only thread, blocks
+    # amldbg's signals across the fork; the child unblocks them once its own pipe is in, and
+    # a signal sent meanwhile waits for that.
+    numbers = set(_listeners)
+    if _pipe.write_fd < 0 or not numbers:
+        return
+    with quietly():  # a fork hook must never stop the fork
+        _fork_masks[threading.get_ident()] = signal.pthread_sigmask(signal.SIG_BLOCK, numbers)
+
+
+def _restore_mask(previous: Any = None) -> None:
+    if previous is None:
+        previous = _fork_masks.pop(threading.get_ident(), None)
+    if previous is not None:
+        with quietly():
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _after_fork_in_child() -> None:
+    try:
+        _child_pipe()
+    finally:
+        # The child's one thread is the forking thread (the same identity, or, should the
+        # platform give it another, the one entry a lone fork left).
+        previous = _fork_masks.pop(threading.get_ident(), None)
+        if previous is None and len(_fork_masks) == 1:
+            previous = _fork_masks.popitem()[1]
+        _fork_masks.clear()  # other threads' forks in flight: those threads are gone
+        _restore_mask(previous)
+
+
+def _child_pipe() -> None:
     # The reader thread does not exist in a forked child, and the pipe is the parent's: a
     # signal to the child must not wake the parent. So the child gets a pipe and a reader of
     # its own: the kernel may give the child's SIGTERM to any of its threads (a queue's
@@ -206,4 +258,5 @@ def _after_fork_in_child() -> None:
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_parent=_restore_mask,
+                        after_in_child=_after_fork_in_child)

@@ -8,10 +8,14 @@ threads carrying its two marks, which :func:`own` sets.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any, Callable
 
-__all__ = ["call_within", "own", "start"]
+__all__ = ["call_within", "own", "shield_signals", "start"]
+
+#: The signals a process is sent by others (not raised by a fault in a thread), by name.
+SHIELDED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
 
 
 def own(thread: threading.Thread) -> threading.Thread:
@@ -21,9 +25,32 @@ def own(thread: threading.Thread) -> threading.Thread:
     return thread
 
 
+def shield_signals() -> None:
+    """Block the :data:`SHIELDED` signals in the calling thread, one of amldbg's.
+
+    The kernel gives a process's signal to any thread that does not block it, and Python
+    runs the handler only on the main thread, between bytecodes: a signal that landed in one
+    of amldbg's threads would wait for the main thread to leave its C call (a Ctrl+C would
+    not stop a ``sleep``), and one the script blocks in its own threads would still arrive.
+    Blocked here, it goes to the script's threads as it would without amldbg; amldbg learns
+    of its own through the wakeup pipe (:mod:`amldbg.core.signalpipe`), wherever it landed.
+    """
+    import signal
+
+    numbers = {getattr(signal, name) for name in SHIELDED if hasattr(signal, name)}
+    with contextlib.suppress(AttributeError, OSError, ValueError):  # no pthread_sigmask here
+        signal.pthread_sigmask(signal.SIG_BLOCK, numbers)
+
+
 def start(target: Callable[..., Any], name: str, *args: Any) -> threading.Thread:
-    """Start ``target(*args)`` in a daemon thread of amldbg's own called ``name``."""
-    thread = own(threading.Thread(target=target, args=args, name=name, daemon=True))
+    """Start ``target(*args)`` in a daemon thread of amldbg's own called ``name``, with the
+    process's signals blocked there (:func:`shield_signals`)."""
+
+    def run() -> None:
+        shield_signals()
+        target(*args)
+
+    thread = own(threading.Thread(target=run, name=name, daemon=True))
     thread.start()
     return thread
 

@@ -119,13 +119,16 @@ def frame_locals(frame: FrameType, deadline: float) -> dict[str, str]:
 
 
 # -- frames -----------------------------------------------------------------------------------
+#: amldbg's own package folder.
+_AMLDBG_ROOT = os.path.normcase(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
 def _roots(*schemes: str) -> tuple[str, ...]:
     """The folders of these ``sysconfig`` path schemes, and amldbg's own."""
-    roots = set()
+    roots = {_AMLDBG_ROOT}
     for key in schemes:
         with contextlib.suppress(Exception):  # a scheme without this path: the others still count
             roots.add(os.path.normcase(os.path.realpath(sysconfig.get_paths()[key])))
-    roots.add(os.path.normcase(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     return tuple(sorted(roots))
 
 
@@ -146,8 +149,10 @@ def is_library_file(filename: str) -> bool:
 
 
 def _is_amldbg_or_stdlib(filename: str) -> bool:
-    if filename.startswith("<frozen "):
+    if filename.startswith("<frozen ") or _under(filename, (_AMLDBG_ROOT,)):
         return True
+    if "site-packages" in filename or "dist-packages" in filename:
+        return False  # a framework's, though the standard library's folder may hold it
     if _fixed.own_roots is None:
         _fixed.own_roots = _roots("stdlib", "platstdlib")
     return _under(filename, _fixed.own_roots)

@@ -400,6 +400,7 @@ class Exporter:
 
     # -- the export threads ----------------------------------------------------------
     def _run(self, ch: Channel) -> None:
+        threads.shield_signals()  # a signal for the script must not land here
         ident = threading.get_ident()
         _export_idents.add(ident)
         try:

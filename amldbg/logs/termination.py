@@ -56,8 +56,9 @@ class _State:
     #: amldbg's handler was installed, or the script's left alone: decided once per process
     #: (a forked child inherits the handler and the decision).
     armed: bool = False
-    #: The flush has begun, and has ended (then the process ends).
-    started: bool = False
+    #: The process whose flush has begun (a forked child's own begins anew), and the end
+    #: of that flush (then the process ends).
+    started_in: int = 0
     done: threading.Event = dataclasses.field(default_factory=threading.Event)
 
 
@@ -124,9 +125,12 @@ def _on_pipe_signal(number: int) -> None:
 def _begin() -> None:
     """Start the flush once; the thread that flushes ends the process when it is done."""
     with _lock:
-        if _state.started:
+        # By pid, not a flag reset at fork: the child's signal thread may act before the
+        # fork hooks registered after its own have run.
+        if _state.started_in == os.getpid():
             return
-        _state.started = True
+        _state.started_in = os.getpid()
+        _state.done = threading.Event()
     threads.start(_flush_and_end, "amldbg-sigterm")
 
 
@@ -174,13 +178,4 @@ def _end() -> None:
     os._exit(128 + int(sigterm))
 
 
-def _after_fork_in_child() -> None:
-    # A child forked while the parent flushed must not think it is already ending.
-    _state.started = False
-    _state.done = threading.Event()
-
-
 export.when_channel_made(arm)
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -336,3 +336,31 @@ def test_an_os_fork_child_blocked_in_c_dumps_on_sigusr1_another_of_its_threads_r
     assert dump["pid"] == child and dump["forked_from"], run.output
     main = next(thread for thread in dump["threads"] if thread["main"])
     assert main["frames"][-1][2] == "asleep_in_c", run.output
+
+
+def test_a_forked_child_that_closes_every_descriptor_keeps_the_file_it_opens_next(tmp_path: Path) -> None:
+    # A daemon closes every descriptor after its fork and opens its own files, which may get
+    # the number of amldbg's signal pipe: amldbg must neither read from nor close them.
+    data = tmp_path / "data.txt"
+    data.write_text("x" * 1000)
+    job = script(tmp_path, f"""
+        import os, time, amldbg
+
+        amldbg.enable_remote_debug(on_demand=True)
+        pid = os.fork()
+        if pid == 0:
+            os.closerange(3, 1024)
+            fd = os.open({str(data)!r}, os.O_RDONLY)
+            time.sleep(5)  # amldbg's signal thread wakes twice meanwhile
+            try:
+                print("child read", len(os.read(fd, 4096)), flush=True)
+            except OSError as error:
+                print("child read failed", error.errno, flush=True)
+            os._exit(0)
+        os.waitpid(pid, 0)
+        print("parent done", flush=True)
+    """)
+    env, _ = diagnostics_env(tmp_path)
+    with RunningGroup([job], cwd=tmp_path, env=env) as run:
+        code = finish(run, 30)
+    assert code == 0 and "child read 1000" in run.output, run.output

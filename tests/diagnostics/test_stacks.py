@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import textwrap
@@ -244,6 +245,34 @@ def test_a_scripts_frame_running_on_top_of_amldbgs_handler_is_shown() -> None:
 
     functions = _main_frames_while_blocked(wait_for_go, (handler.__code__,))
     assert functions[-3:] == ["handler", "user_signal_handler", "acquire"]
+
+
+def test_a_frameworks_handler_on_top_of_amldbgs_is_shown_though_site_packages_is_in_the_stdlib_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Under pyenv, conda and the python Docker images, site-packages lies inside the standard
+    # library's folder: a framework's signal handler (Lightning's, submitit's) run on top of
+    # amldbg's is still what the thread was doing.
+    import importlib.util
+
+    stdlib = tmp_path / "lib" / "python3"
+    framework = stdlib / "site-packages" / "framework_signals.py"
+    framework.parent.mkdir(parents=True)
+    framework.write_text("def on_signal(gate):\n    gate.acquire()\n")
+    spec = importlib.util.spec_from_file_location("framework_signals", framework)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(stacks._fixed, "own_roots", (os.path.normcase(str(stdlib)),))
+
+    def handler(gate: Any) -> None:
+        module.on_signal(gate)
+
+    def wait_for_go(gate: Any) -> None:
+        handler(gate)
+
+    functions = _main_frames_while_blocked(wait_for_go, (handler.__code__,))
+    assert functions[-3:] == ["handler", "on_signal", "acquire"]
 
 
 def test_a_capture_runs_no_class_body_mapping_and_no_loader_of_a_lazy_source(tmp_path: Path) -> None:

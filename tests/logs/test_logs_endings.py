@@ -313,6 +313,36 @@ def test_sigterm_after_mlflow_metrics_delivers_or_counts_them(tmp_path: Path, lo
                              "MLflow metrics")
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_sigterm_the_script_blocks_waits_until_it_unblocks_it(tmp_path: Path, backend: str) -> None:
+    # A script that blocks SIGTERM around a critical section (a checkpoint's write) gets it
+    # when it unblocks it, as without amldbg: amldbg's own threads never take the signal.
+    script = write_child(tmp_path, f"""
+        import os, signal, time
+        from amldbg.logs import flush_logs, get_logger
+
+        log = get_logger("ending", backend={backend!r})
+        log.info("setup")
+        flush_logs(30)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGTERM}})
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)  # amldbg's threads run meanwhile
+        log.info("critical section done")
+        os.write(1, b"CRITICAL SECTION DONE\\n")
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {{signal.SIGTERM}})
+        time.sleep(30)
+        os.write(1, b"STILL RUNNING\\n")
+    """)
+    with IngestionServer() as server:
+        with start_child(script, APPLICATIONINSIGHTS_CONNECTION_STRING=server.connection_string) as child:
+            code = child.wait(60)
+        messages = _settle(server, 2)
+    output = child.output
+    assert "CRITICAL SECTION DONE" in output and "STILL RUNNING" not in output, output
+    assert code == -signal.SIGTERM, output
+    assert sorted(messages) == ["critical section done", "setup"], messages
+
+
 # -- fork --------------------------------------------------------------------------------------
 
 #: The parent loads the exporter, then logs PARENT records that are still queued when it
@@ -491,6 +521,34 @@ def test_a_forked_child_blocked_in_c_ends_at_sigterm_that_another_of_its_threads
     _no_leaks(output, server)
     assert code == 0 and "CHILD WOKE" not in output, output
     _each_once(messages, expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_child_sent_sigterm_as_soon_as_it_is_forked_never_ends_the_parent(tmp_path: Path, backend: str) -> None:
+    # Until its fork hook has run, a child's wakeup fd is still the parent's pipe: a SIGTERM
+    # the child gets at once (Process.start() then terminate()) must end the child, never
+    # be acted on by the parent.
+    script = _fork_script(tmp_path, backend, """
+        def child():
+            time.sleep(60)
+
+        if __name__ == "__main__":
+            parent_records()
+            codes = []
+            for _ in range(20):
+                process = ctx.Process(target=child)
+                process.start()
+                process.terminate()  # most often before the child has run a line
+                process.join(30)
+                codes.append(process.exitcode)
+            log.info("parent after")
+            os.write(1, ("CHILDREN ENDED %s\\n" % sorted(set(codes))).encode())
+    """)
+    with IngestionServer() as server:
+        code, output, messages = _run_fork_script(script, server, r"^CHILDREN ENDED", len(_parent_expected()))
+    _no_leaks(output, server)
+    assert code == 0 and "CHILDREN ENDED [-15]" in output, output
+    _each_once(messages, _parent_expected())
 
 
 # Not skipped without torch: it is part of the test extra, and a missing component must fail.
