@@ -179,7 +179,12 @@ def test_dataloader_workers_forked_during_a_dump_dump_on_sigusr1_and_deliver(tmp
 
         def worker_init(worker_id):
             print(f"worker {worker_id} pid {os.getpid()}", flush=True)
-            os.kill(os.getpid(), signal.SIGUSR1)  # handled in this worker's main thread
+            os.kill(os.getpid(), signal.SIGUSR1)  # the worker's own signal thread dumps
+            mine = f"-pid{os.getpid()}-"
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not any(  # still in worker_init meanwhile
+                    mine in n and n.endswith(".json") for n in os.listdir(os.environ["AMLDBG_DIAGNOSTICS_DIR"])):
+                time.sleep(0.02)
             print(f"worker {worker_id} dumped", flush=True)
 
         if __name__ == "__main__":
