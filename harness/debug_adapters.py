@@ -17,25 +17,11 @@ def reap_debug_adapters(ports: Sequence[int], grace: float = 1.0) -> None:
     debuggee, but one that never had a client can linger. It is found by its own command
     line (``debugpy/adapter ... --port P``) and ended by PID.
     """
-    wanted = {str(port) for port in ports}
-    if not wanted:
+    if not ports:
         return
     deadline = time.monotonic() + grace
     while True:
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            words = [w.decode("utf-8", "replace") for w in argv]
-            if not any(w.replace("\\", "/").endswith("debugpy/adapter") for w in words):
-                continue
-            at = words.index("--port") + 1 if "--port" in words else len(words)
-            if at < len(words) and words[at] in wanted:
-                found.append(int(entry.name))
+        found = debug_adapter_pids(ports)
         if not found:
             return
         if time.monotonic() >= deadline:
@@ -44,3 +30,24 @@ def reap_debug_adapters(ports: Sequence[int], grace: float = 1.0) -> None:
                     os.kill(pid, signal.SIGKILL)
             return
         time.sleep(0.2)
+
+
+def debug_adapter_pids(ports: Sequence[int]) -> list[int]:
+    """The PIDs of the debugpy adapters serving ``ports``, found by their command line
+    (``debugpy/adapter ... --port P``)."""
+    wanted = {str(port) for port in ports}
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        words = [w.decode("utf-8", "replace") for w in argv]
+        if not any(w.replace("\\", "/").endswith("debugpy/adapter") for w in words):
+            continue
+        at = words.index("--port") + 1 if "--port" in words else len(words)
+        if at < len(words) and words[at] in wanted:
+            found.append(int(entry.name))
+    return found

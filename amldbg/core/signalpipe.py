@@ -18,7 +18,10 @@ there first is kept, never replaced.
 Why not ``pthread_sigmask`` and ``sigwait``: a blocked signal mask is inherited by every
 thread and child process started later (data loader workers, ``subprocess``), which would
 silently break their own signal handling; threads started earlier (torch's, debugpy's) do
-not have it blocked, and the default action would still apply there.
+not have it blocked, and the default action would still apply there. Only amldbg's own
+threads block the signals (:func:`amldbg.core.threads.shield_signals`), so that the kernel
+gives them to the script's threads; a process amldbg starts from one of them is started
+:func:`~amldbg.core.threads.unshielded`.
 """
 
 from __future__ import annotations
@@ -171,8 +174,7 @@ def _read_loop(fd: int, identity: tuple[int, int] | None) -> None:
             try:
                 ready, _, _ = select.select([fd], [], [], IDLE_CHECK)
                 if _identity(fd) != identity:
-                    identity = None
-                    return
+                    return  # not ours any more: neither read nor closed (see finally)
                 if not ready:
                     for check in list(_idle_checks.values()):
                         _call(check)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-__all__ = ["call_within", "own", "shield_signals", "start"]
+__all__ = ["call_within", "own", "shield_signals", "start", "unshielded"]
 
 #: The signals a process is sent by others (not raised by a fault in a thread), by name.
 SHIELDED = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
@@ -25,6 +25,18 @@ def own(thread: threading.Thread) -> threading.Thread:
     return thread
 
 
+def _set_shield(how: str) -> Any:
+    """``pthread_sigmask(how, SHIELDED)`` for the calling thread: the mask before, or None
+    where there is no ``pthread_sigmask``."""
+    import signal
+
+    numbers = {getattr(signal, name) for name in SHIELDED if hasattr(signal, name)}
+    try:
+        return signal.pthread_sigmask(getattr(signal, how), numbers)
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
 def shield_signals() -> None:
     """Block the :data:`SHIELDED` signals in the calling thread, one of amldbg's.
 
@@ -34,12 +46,25 @@ def shield_signals() -> None:
     not stop a ``sleep``), and one the script blocks in its own threads would still arrive.
     Blocked here, it goes to the script's threads as it would without amldbg; amldbg learns
     of its own through the wakeup pipe (:mod:`amldbg.core.signalpipe`), wherever it landed.
+    A process started from such a thread inherits the mask: start it :func:`unshielded`.
     """
-    import signal
+    _set_shield("SIG_BLOCK")
 
-    numbers = {getattr(signal, name) for name in SHIELDED if hasattr(signal, name)}
-    with contextlib.suppress(AttributeError, OSError, ValueError):  # no pthread_sigmask here
-        signal.pthread_sigmask(signal.SIG_BLOCK, numbers)
+
+@contextlib.contextmanager
+def unshielded() -> Iterator[None]:
+    """Let the :data:`SHIELDED` signals in on the calling thread for the block, for starting
+    a process there (debugpy's adapter): a process inherits its thread's signal mask, and
+    one started with SIGTERM blocked would never end on it."""
+    previous = _set_shield("SIG_UNBLOCK")
+    try:
+        yield
+    finally:
+        if previous is not None:
+            import signal
+
+            with contextlib.suppress(OSError, ValueError):
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def start(target: Callable[..., Any], name: str, *args: Any) -> threading.Thread:

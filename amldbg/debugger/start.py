@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any, Mapping
 
-from amldbg.core import announce, environment, vscode
+from amldbg.core import announce, environment, threads, vscode
 from amldbg.core.settings import DebugSettings
 from amldbg.debugger import idle
 from amldbg.debugger import session as sessions
@@ -348,7 +348,8 @@ def _listen_on_free_port(debugpy: Any, bind: str, requested: int) -> tuple[int |
             error = f"port {port} is in use"
             continue
         try:
-            _, actual = debugpy.listen((bind, port))
+            with threads.unshielded():  # the adapter it starts inherits this thread's mask
+                _, actual = debugpy.listen((bind, port))
             return int(actual), ""
         except RuntimeError as failure:
             error = str(failure)

@@ -18,8 +18,9 @@ goes straight to the previous hook. amldbg acts only through the hooks it instal
 that replaces ``sys.excepthook`` afterwards decides whether amldbg's still runs (by calling
 the hook it replaced), until a part of amldbg is armed after that (post-mortem enabled late,
 which is asking for it): then a layer of amldbg's goes on top of the script's hook, which
-still runs after amldbg's steps. Each step acts once per exception. Nothing on this path runs the script's code: the exception, its
-frames and the thread are read through C descriptors (:mod:`amldbg.diagnostics.values`).
+still runs after amldbg's steps. Each step acts once per exception. Nothing on this path
+runs the script's code: the exception, its frames and the thread are read through C
+descriptors (:mod:`amldbg.diagnostics.values`).
 
 The report holds the exception (masked, bounded), the traceback outermost first with each
 frame's local values, the exceptions it was raised from or during, the topology and an

@@ -11,8 +11,9 @@ import signal
 import textwrap
 from pathlib import Path
 
+from conftest import free_port
 from harness.dap_client import DAPClient
-from harness.debug_adapters import reap_debug_adapters
+from harness.debug_adapters import debug_adapter_pids, reap_debug_adapters
 from processes import Running, announced_port, line_of
 
 
@@ -141,3 +142,35 @@ def test_sigusr2_starts_the_debugger_and_a_client_stops_in_the_running_loop(tmp_
             reap_debug_adapters([port] if port else [])
     assert any(line.startswith("finished after") for line in run.lines)
     assert "Debugger attached" not in run.output  # it did not wait for a client
+
+
+def test_the_adapter_sigusr2_starts_has_no_signal_blocked(tmp_path: Path) -> None:
+    # amldbg's signal thread blocks the process's signals (they are for the script's
+    # threads); debugpy's adapter, started from there, must not inherit that mask: blocked,
+    # SIGTERM would never end it.
+    requested = free_port()  # the adapter's command line names it (0 would not)
+    job = write(tmp_path, f"""
+        import os, time, amldbg
+        amldbg.enable_remote_debug(on_demand=True, listen_host="127.0.0.1", port={requested})
+        print("pid", os.getpid(), flush=True)
+        while not os.path.exists("stop"):
+            time.sleep(0.02)
+    """)
+    port = 0
+    with Running([job], cwd=tmp_path) as run:
+        try:
+            pid = int(run.wait_for_line(r"^pid (\d+)$").group(1))
+            run.wait_for_line(r"^amldbg: on-demand triggers armed")
+            os.kill(pid, signal.SIGUSR2)
+            port = announced_port(run)
+            assert port == requested
+            (adapter,) = debug_adapter_pids([port])
+            status = Path(f"/proc/{adapter}/status").read_text()
+            blocked = int(re.search(r"^SigBlk:\s*([0-9a-f]+)$", status, re.M).group(1), 16)
+            shielded = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+                        signal.SIGUSR1, signal.SIGUSR2]
+            assert [s.name for s in shielded if blocked & (1 << (s - 1))] == []
+            (tmp_path / "stop").write_text("")
+            assert run.wait(60) == 0
+        finally:
+            reap_debug_adapters([port] if port else [])
